@@ -1,0 +1,58 @@
+"""Advantage estimators: pure tensor functions, shapes in the docstrings.
+
+GRPO (DeepSeekMath, arXiv:2402.03300) normalises each prompt's rewards within its group of G completions;
+Dr. GRPO (arXiv:2503.20783) drops the division by the std. GAE (Schulman et al. 2016, arXiv:1506.02438) is the
+estimator for PPO with a value model.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+
+def group_advantages(scores: Tensor, group_size: int, scale_by_std: bool = True, eps: float = 1e-4) -> Tensor:
+    """(r - mean_group) / (std_group + eps), or r - mean_group when scale_by_std is False.
+
+    scores: [N] float, N = prompts * group_size, a prompt's completions consecutive. std is the unbiased one
+    (divides by G - 1), as in the GRPO reference implementations. Returns [N] float32.
+    """
+    if scores.dim() != 1 or scores.numel() % group_size:
+        raise ValueError(f"scores must be [N] with N a multiple of group_size={group_size}, got {tuple(scores.shape)}")
+    grouped = scores.float().view(-1, group_size)
+    centred = grouped - grouped.mean(dim=1, keepdim=True)
+    if scale_by_std:
+        centred = centred / (grouped.std(dim=1, keepdim=True) + eps)
+    return centred.reshape(-1)
+
+
+def batch_std_advantages(scores: Tensor, group_size: int, std: Tensor | float | None = None, eps: float = 1e-4) -> Tensor:
+    """Group-mean baseline divided by the std of the whole batch (unbiased) instead of each group's, so near-ties in
+    one group are not inflated to unit scale. `std` overrides the batch std (e.g. the std over all ranks).
+
+    scores: [N] float; returns [N] float32."""
+    grouped = scores.float().view(-1, group_size)
+    centred = grouped - grouped.mean(dim=1, keepdim=True)
+    scale = scores.float().std() if std is None else torch.as_tensor(std, dtype=torch.float32)
+    return (centred / (scale + eps)).reshape(-1)
+
+
+def gae(rewards: Tensor, values: Tensor, mask: Tensor, gamma: float, lam: float) -> tuple[Tensor, Tensor]:
+    """Generalised advantage estimation over completion tokens.
+
+    rewards, values, mask: [B, T] float; mask is 1 on completion tokens, 0 on padding (padding may only follow the
+    completion). The value after the last valid token is 0 (the episode ends there).
+    delta_t = r_t + gamma * V_{t+1} - V_t;  A_t = delta_t + gamma * lam * A_{t+1};  returns = A + V.
+    Returns (advantages, returns), both [B, T] float32, 0 where mask is 0.
+    """
+    mask = mask.float()
+    rewards, values = rewards.float() * mask, values.float() * mask
+    T = rewards.shape[1]
+    adv = torch.zeros_like(rewards)
+    last = torch.zeros_like(rewards[:, 0])
+    for t in reversed(range(T)):
+        next_value = values[:, t + 1] if t + 1 < T else torch.zeros_like(last)
+        delta = rewards[:, t] + gamma * next_value - values[:, t]
+        last = (delta + gamma * lam * last) * mask[:, t]
+        adv[:, t] = last
+    return adv, (adv + values) * mask

@@ -1,0 +1,425 @@
+"""Recipe YAML -> typed dataclasses, with `key.sub=value` overrides and validation before any model loads.
+
+Every knob is defined once here, with its meaning and (where one exists) the paper that introduced it.
+`docs/CONFIG.md` is generated from these docstrings and field comments.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, get_args, get_origin
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """A recipe problem a person can fix: the message names the key and the fix."""
+
+
+def doc(text: str, default: Any = dataclasses.MISSING, factory: Any = dataclasses.MISSING) -> Any:
+    """A dataclass field with its documentation attached (rendered into the configuration reference)."""
+    if factory is not dataclasses.MISSING:
+        return field(default_factory=factory, metadata={"doc": text})
+    return field(default=default, metadata={"doc": text})
+
+
+@dataclass
+class LoraConfig:
+    """Low-rank adapters (Hu et al. 2021, arXiv:2106.09685). Only these weights train."""
+
+    r: int = doc("Adapter rank.", 16)
+    alpha: float = doc("Scaling numerator: the update is scaled by alpha / r.", 32.0)
+    dropout: float = doc("Dropout on the adapter input.", 0.0)
+    target_modules: list[str] | str = doc(
+        "Module names to adapt, or `all-linear` for every linear layer except the output head.", "all-linear"
+    )
+
+
+@dataclass
+class ModelConfig:
+    """The policy. The reference policy is the same model with the adapter disabled (no second copy)."""
+
+    path: str = doc(
+        "Hub id, local directory, or the short name `smollm2-135m-instruct` (the packaged GGUF, "
+        "converted once to a safetensors cache).",
+        "smollm2-135m-instruct",
+    )
+    dtype: Literal["float32", "bfloat16", "float16"] = doc(
+        "Weight dtype of the frozen base. Adapters and log-probabilities stay float32.", "bfloat16"
+    )
+    lora: LoraConfig = doc("Adapter settings.", factory=LoraConfig)
+    gradient_checkpointing: bool = doc("Recompute activations in the backward pass to save memory.", False)
+    trust_remote_code: bool = doc("Allow model code from the hub (only for models you trust).", False)
+
+
+@dataclass
+class ArithmeticConfig:
+    """The built-in procedural task: `Compute a <op> b.` with disjoint, seeded train and eval problems."""
+
+    min_operand: int = doc("Smallest operand.", 10)
+    max_operand: int = doc("Largest operand.", 99)
+    operators: list[str] = doc("Operators to draw from, any of `+ - *`.", factory=lambda: ["+"])
+    template: str = doc(
+        "Question wording; `{a}`, `{op}`, `{b}` are filled in.", "Compute {a} {op} {b}. Reply with only the number."
+    )
+    num_train: int = doc("Training problems.", 2000)
+    num_eval: int = doc("Held-out problems (never in the training set).", 200)
+
+
+@dataclass
+class DataConfig:
+    """Where prompts come from and how they become chat messages."""
+
+    path: str = doc(
+        "`arithmetic` (built-in), a hub dataset id, or a local .jsonl/.json/.parquet/.csv file.", "arithmetic"
+    )
+    name: str | None = doc("Hub dataset configuration name.", None)
+    split: str = doc("Split to train on.", "train")
+    prompt_column: str = doc("Column with the prompt: plain text, or a list of chat messages.", "prompt")
+    system_prompt: str | None = doc("System message put before every prompt (none: the template's default).", None)
+    prompt_template: str | None = doc(
+        "Format string applied to text prompts; `{prompt}` and any column name are filled in.", None
+    )
+    max_prompt_tokens: int = doc("Prompts longer than this (after the chat template) are dropped and counted.", 512)
+    shuffle: bool = doc("Shuffle the prompt order each epoch (seeded).", True)
+    arithmetic: ArithmeticConfig = doc("Settings of the built-in arithmetic task.", factory=ArithmeticConfig)
+
+
+@dataclass
+class RolloutConfig:
+    """The rollout engine: G sampled completions per prompt."""
+
+    num_generations: int = doc("Completions per prompt (the GRPO group size G).", 8)
+    max_new_tokens: int = doc("Longest completion; longer ones are cut and flagged truncated.", 64)
+    temperature: float = doc("Sampling temperature; log-probabilities are taken at the same temperature.", 1.0)
+    top_p: float = doc("Nucleus sampling threshold (Holtzman et al. 2019); 1.0 = off.", 1.0)
+    top_k: int = doc("Sample only among the k most likely tokens; 0 = off.", 0)
+    stop: list[str] = doc("Strings that end a completion (kept in it), besides the EOS token.", factory=list)
+    mask_truncated: bool = doc(
+        "Leave completions that hit max_new_tokens out of the loss (DAPO overlong filtering, arXiv:2503.14476).",
+        False,
+    )
+    batch_size: int = doc("Sequences generated at once (memory budget); 0 = all of a step's at once.", 0)
+    merge_adapter: bool = doc(
+        "Fold the adapter into the base weights while generating (faster); the base weights are restored "
+        "bit-exactly afterwards.",
+        True,
+    )
+
+
+@dataclass
+class RewardSpec:
+    """One reward function; several are summed with their weights and logged separately."""
+
+    fn: str = doc("Import path `pkg.module:name` or `path/to/file.py:name` (a function or a class).", "")
+    weight: float = doc("Weight in the sum of rewards.", 1.0)
+    kwargs: dict[str, Any] = doc("Keyword arguments: passed to every call (function) or to the constructor (class).", factory=dict)
+    on_error: Literal["raise", "zero"] = doc(
+        "When the function raises or times out: stop the run with the row and exception, or score 0 and count it "
+        "in `reward/<name>/errors`.",
+        "raise",
+    )
+    timeout: float = doc("Seconds one call (one batch) may take before it counts as hung.", 120.0)
+    name: str | None = doc("Name in the metrics (`reward/<name>`); defaults to the function's name.", None)
+
+
+@dataclass
+class AlgorithmConfig:
+    """Advantage estimator and policy loss."""
+
+    name: Literal["grpo"] = doc("Algorithm. GRPO: DeepSeekMath, arXiv:2402.03300.", "grpo")
+    beta: float = doc("KL-to-reference coefficient; 0 skips all reference work.", 0.0)
+    kl_estimator: Literal["k1", "k2", "k3"] = doc(
+        "Per-token estimator of KL(pi || pi_ref) (Schulman, 'Approximating KL divergence', 2020).", "k3"
+    )
+    scale_by_std: bool = doc("Divide advantages by the std of the rewards; false = Dr. GRPO (arXiv:2503.20783).", True)
+    std_level: Literal["group", "batch"] = doc("Std over each prompt's group, or over the whole batch.", "group")
+    clip_low: float = doc("Lower clip of the importance ratio: 1 - clip_low (PPO, arXiv:1707.06347).", 0.2)
+    clip_high: float = doc("Upper clip: 1 + clip_high; larger than clip_low = DAPO clip-higher.", 0.2)
+    loss_agg: Literal["token-mean", "seq-mean-token-mean", "seq-mean-token-sum-norm"] = doc(
+        "Loss aggregation: mean over all tokens of the batch (global count), mean of per-sequence means, or per-"
+        "sequence sums divided by max_new_tokens (Dr. GRPO).",
+        "token-mean",
+    )
+    num_iterations: int = doc("Passes (mu) over each rollout batch against stored old log-probabilities.", 1)
+    num_minibatches: int = doc(
+        "Optimizer steps per pass: a rollout step generates prompts_per_step x num_minibatches prompts.", 1
+    )
+
+
+@dataclass
+class OptimConfig:
+    """AdamW on the adapter weights."""
+
+    lr: float = doc("Peak learning rate.", 1e-4)
+    weight_decay: float = doc("Decoupled weight decay.", 0.0)
+    betas: list[float] = doc("Adam betas.", factory=lambda: [0.9, 0.999])
+    eps: float = doc("Adam epsilon.", 1e-8)
+    warmup_steps: int = doc("Linear warm-up optimizer steps.", 0)
+    schedule: Literal["constant", "linear", "cosine"] = doc("Decay after warm-up, to 0 at the last step.", "constant")
+    max_grad_norm: float = doc("Clip the global gradient norm; 0 = off.", 1.0)
+
+
+@dataclass
+class TrainConfig:
+    """The outer loop."""
+
+    max_steps: int = doc("Rollout + update steps.", 100)
+    prompts_per_step: int = doc("Prompts per optimizer step over all ranks.", 4)
+    micro_batch_size: int = doc("Sequences per forward/backward on one rank (gradient accumulation).", 32)
+    save_every: int = doc("Save a checkpoint every N steps (and at the end); 0 = only at the end.", 0)
+    resume_from: str | None = doc("`latest` or a checkpoint directory to resume from.", None)
+
+
+@dataclass
+class EvalConfig:
+    """Held-out evaluation: greedy completions scored by the reward functions."""
+
+    every: int = doc("Evaluate every N steps, at step 0 and at the end; 0 = off.", 0)
+    num_samples: int = doc("Held-out prompts (0 = all of the split).", 200)
+    split: str = doc("Split for hub/file datasets (the arithmetic task has its own held-out set).", "test")
+    max_new_tokens: int | None = doc("Longest eval completion; none = rollout.max_new_tokens.", None)
+    batch_size: int = doc("Prompts generated at once.", 64)
+    success_threshold: float = doc("A completion counts as correct when its weighted reward is at least this.", 1.0)
+
+
+@dataclass
+class LoggingConfig:
+    """What a person sees."""
+
+    every: int = doc("Console line every N steps.", 1)
+    report_to: list[str] = doc("Trackers through accelerate: tensorboard, wandb, trackio, mlflow.", factory=lambda: ["tensorboard"])
+    samples_every: int = doc("Print and save a few sample completions every N steps; 0 = off.", 10)
+    progress_bar: bool = doc("Show a progress bar.", True)
+
+
+@dataclass
+class Config:
+    """A whole recipe."""
+
+    output_dir: str = doc("Where metrics, checkpoints and the adapter go.", "runs/default")
+    seed: int = doc("Seed of python, numpy and torch RNGs and of the data order.", 0)
+    model: ModelConfig = doc("Policy model.", factory=ModelConfig)
+    data: DataConfig = doc("Prompt data.", factory=DataConfig)
+    rollout: RolloutConfig = doc("Generation.", factory=RolloutConfig)
+    rewards: list[RewardSpec] = doc(
+        "Reward functions.", factory=lambda: [RewardSpec(fn="reward_models.numeric:numeric_answer_reward")]
+    )
+    algorithm: AlgorithmConfig = doc("Algorithm.", factory=AlgorithmConfig)
+    optim: OptimConfig = doc("Optimizer.", factory=OptimConfig)
+    train: TrainConfig = doc("Loop.", factory=TrainConfig)
+    eval: EvalConfig = doc("Evaluation.", factory=EvalConfig)
+    logging: LoggingConfig = doc("Logging.", factory=LoggingConfig)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# building dataclasses from plain dicts, with errors that name the key
+
+
+def _type_name(tp: Any) -> str:
+    return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
+
+
+def _coerce(value: Any, tp: Any, key: str) -> Any:
+    """Check `value` against the annotation `tp`, converting only where it is lossless (int -> float)."""
+    origin = get_origin(tp)
+    if tp is Any:
+        return value
+    if origin in (typing.Union, types.UnionType):
+        options = get_args(tp)
+        if value is None and type(None) in options:
+            return None
+        errors = []
+        for option in options:
+            if option is type(None):
+                continue
+            try:
+                return _coerce(value, option, key)
+            except ConfigError as e:
+                errors.append(str(e))
+        raise ConfigError(f"{key}: expected {' or '.join(_type_name(o) for o in options)}, got {value!r}")
+    if origin is Literal:
+        if value not in get_args(tp):
+            choices = ", ".join(repr(c) for c in get_args(tp))
+            raise ConfigError(f"{key}: {value!r} is not one of {choices}")
+        return value
+    if origin is list:
+        (item_tp,) = get_args(tp)
+        if not isinstance(value, list):
+            raise ConfigError(f"{key}: expected a list, got {value!r} (write it as [a, b] in YAML)")
+        return [_coerce(v, item_tp, f"{key}[{i}]") for i, v in enumerate(value)]
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{key}: expected a mapping, got {value!r}")
+        return dict(value)
+    if dataclasses.is_dataclass(tp):
+        return from_dict(tp, value, key)
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{key}: expected true or false, got {value!r}")
+        return value
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{key}: expected an integer, got {value!r}")
+        return value
+    if tp is float:
+        if isinstance(value, str):  # YAML 1.1 reads `3e-4` (no dot) as a string
+            try:
+                return float(value)
+            except ValueError:
+                pass
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{key}: expected a number, got {value!r}")
+        return float(value)
+    if tp is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{key}: expected a string, got {value!r}")
+        return value
+    raise ConfigError(f"{key}: unsupported type {tp}")
+
+
+def _unknown_key(cls: type, name: str, prefix: str) -> ConfigError:
+    names = [f.name for f in dataclasses.fields(cls)]
+    close = difflib.get_close_matches(name, names, n=1, cutoff=0.5)
+    hint = f"did you mean `{prefix}{close[0]}`?" if close else f"valid keys here: {', '.join(names)}"
+    return ConfigError(f"unknown key `{prefix}{name}`: {hint}")
+
+
+def from_dict(cls: type, data: Any, key: str = "") -> Any:
+    """Build dataclass `cls` from a plain mapping; unknown keys and wrong types raise ConfigError."""
+    prefix = f"{key}." if key else ""
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{key or 'recipe'}: expected a mapping of keys, got {data!r}")
+    hints = typing.get_type_hints(cls)
+    known = {f.name for f in dataclasses.fields(cls)}
+    for name in data:
+        if name not in known:
+            raise _unknown_key(cls, str(name), prefix)
+    kwargs = {name: _coerce(value, hints[name], f"{prefix}{name}") for name, value in data.items()}
+    return cls(**kwargs)
+
+
+def to_dict(cfg: Any) -> Any:
+    return dataclasses.asdict(cfg)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# overrides
+
+
+def apply_override(tree: dict, assignment: str) -> None:
+    """Apply `a.b.c=value` to a nested dict; the value is parsed as YAML (`1e-4`, `[a, b]`, `true`, `null`)."""
+    if "=" not in assignment:
+        raise ConfigError(f"override `{assignment}` is not of the form key.sub=value")
+    path, raw = assignment.split("=", 1)
+    parts = path.strip().split(".")
+    value = yaml.safe_load(raw) if raw.strip() else ""
+    node = tree
+    for i, part in enumerate(parts[:-1]):
+        if part.isdigit() and isinstance(node, list):
+            idx = int(part)
+            if idx >= len(node):
+                raise ConfigError(f"override `{path}`: list `{'.'.join(parts[:i])}` has {len(node)} items")
+            node = node[idx]
+            continue
+        nxt = node.setdefault(part, {})
+        if nxt is None:
+            nxt = node[part] = {}
+        node = nxt
+    last = parts[-1]
+    if isinstance(node, list) and last.isdigit():
+        node[int(last)] = value
+    else:
+        node[last] = value
+
+
+def _defaults_tree() -> dict:
+    return to_dict(Config())
+
+
+def load_config(recipe: str | Path | None, overrides: list[str] | None = None) -> Config:
+    """Read a recipe YAML (or the defaults when `recipe` is None), apply overrides, validate."""
+    tree: dict = {}
+    if recipe is not None:
+        path = Path(recipe)
+        if not path.is_file():
+            raise ConfigError(f"recipe `{recipe}` not found (give a YAML file, e.g. recipes/grpo_arithmetic_smollm2.yaml)")
+        try:
+            tree = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as e:
+            raise ConfigError(f"recipe `{recipe}` is not valid YAML: {e}") from None
+    if "rewards" in tree or any(o.startswith("rewards.") for o in overrides or []):
+        tree.setdefault("rewards", _defaults_tree()["rewards"])
+    for assignment in overrides or []:
+        apply_override(tree, assignment)
+    cfg = from_dict(Config, tree)
+    validate(cfg)
+    return cfg
+
+
+def validate(cfg: Config) -> None:
+    """Combinations that cannot work, caught before any model loads."""
+
+    def need(cond: bool, msg: str) -> None:
+        if not cond:
+            raise ConfigError(msg)
+
+    r, t, a, o = cfg.rollout, cfg.train, cfg.algorithm, cfg.optim
+    need(r.num_generations >= 2 or a.name != "grpo", "rollout.num_generations must be >= 2 for GRPO (a group of one has no baseline)")
+    need(r.max_new_tokens >= 1, "rollout.max_new_tokens must be >= 1")
+    need(r.temperature > 0, "rollout.temperature must be > 0 (use eval for greedy decoding)")
+    need(0 < r.top_p <= 1, "rollout.top_p must be in (0, 1]")
+    need(r.top_k >= 0, "rollout.top_k must be >= 0 (0 = off)")
+    need(r.batch_size >= 0, "rollout.batch_size must be >= 0 (0 = all at once)")
+    need(t.max_steps >= 1, "train.max_steps must be >= 1")
+    need(t.prompts_per_step >= 1, "train.prompts_per_step must be >= 1")
+    need(t.micro_batch_size >= 1, "train.micro_batch_size must be >= 1")
+    need(t.save_every >= 0, "train.save_every must be >= 0")
+    need(a.beta >= 0, "algorithm.beta must be >= 0")
+    need(0 <= a.clip_low < 1, "algorithm.clip_low must be in [0, 1)")
+    need(a.clip_high >= 0, "algorithm.clip_high must be >= 0")
+    need(a.num_iterations >= 1, "algorithm.num_iterations must be >= 1")
+    need(a.num_minibatches >= 1, "algorithm.num_minibatches must be >= 1")
+    need(o.lr > 0, "optim.lr must be > 0")
+    need(len(o.betas) == 2, "optim.betas must be two numbers, e.g. [0.9, 0.999]")
+    need(o.max_grad_norm >= 0, "optim.max_grad_norm must be >= 0 (0 = off)")
+    need(o.warmup_steps >= 0, "optim.warmup_steps must be >= 0")
+    need(cfg.model.lora.r >= 1, "model.lora.r must be >= 1 (LoRA is how this trainer updates the model)")
+    need(cfg.eval.every >= 0, "eval.every must be >= 0 (0 = off)")
+    need(cfg.eval.batch_size >= 1, "eval.batch_size must be >= 1")
+    need(len(cfg.rewards) >= 1, "rewards: give at least one reward function")
+    for i, spec in enumerate(cfg.rewards):
+        need(":" in spec.fn, f"rewards[{i}].fn = {spec.fn!r}: write it as `package.module:function` or `file.py:function`")
+        need(spec.timeout > 0, f"rewards[{i}].timeout must be > 0 seconds")
+    bad_ops = set(cfg.data.arithmetic.operators) - {"+", "-", "*"}
+    need(not bad_ops, f"data.arithmetic.operators: {sorted(bad_ops)} not supported; use any of + - *")
+    ar = cfg.data.arithmetic
+    need(ar.min_operand <= ar.max_operand, "data.arithmetic.min_operand must be <= max_operand")
+    space = (ar.max_operand - ar.min_operand + 1) ** 2 * len(ar.operators)
+    need(
+        ar.num_train + ar.num_eval <= space,
+        f"data.arithmetic: {ar.num_train} train + {ar.num_eval} eval problems exceed the {space} distinct ones; "
+        "widen the operand range or ask for fewer",
+    )
+
+
+def check_world(cfg: Config, world_size: int) -> None:
+    """Checks that need the number of processes: groups never split across ranks."""
+    prompts = cfg.train.prompts_per_step
+    if prompts % world_size:
+        raise ConfigError(
+            f"train.prompts_per_step={prompts} does not divide over {world_size} processes; "
+            f"use a multiple of {world_size} so every rank gets whole groups"
+        )
+
+
+def save_config(cfg: Config, path: str | Path) -> None:
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    Path(path).write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))

@@ -1,0 +1,93 @@
+"""Policy losses and KL estimators: pure tensor functions shared by every trainer."""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+LOSS_AGGREGATIONS = ("token-mean", "seq-mean-token-mean", "seq-mean-token-sum-norm")
+
+
+def kl_penalty(logprobs: Tensor, ref_logprobs: Tensor, kind: str = "k3") -> Tensor:
+    """Per-token estimate of KL(pi || pi_ref) from tokens sampled from pi (Schulman 2020, 'Approximating KL').
+
+    With log r = ref_logprobs - logprobs:  k1 = -log r (unbiased, can be negative);  k2 = (log r)^2 / 2;
+    k3 = (r - 1) - log r (unbiased, always >= 0). Inputs [B, T]; output [B, T] float32.
+    """
+    log_ratio = ref_logprobs.float() - logprobs.float()
+    if kind == "k1":
+        return -log_ratio
+    if kind == "k2":
+        return 0.5 * log_ratio.square()
+    if kind == "k3":
+        # clamp keeps exp() finite on tokens where the two policies disagree wildly
+        log_ratio = log_ratio.clamp(-20.0, 20.0)
+        return torch.expm1(log_ratio) - log_ratio
+    raise ValueError(f"kl estimator {kind!r} is not one of k1, k2, k3")
+
+
+def masked_mean(x: Tensor, mask: Tensor, dim: int | None = None) -> Tensor:
+    mask = mask.float()
+    if dim is None:
+        return (x * mask).sum() / mask.sum().clamp(min=1.0)
+    return (x * mask).sum(dim) / mask.sum(dim).clamp(min=1.0)
+
+
+def aggregate(
+    per_token: Tensor, mask: Tensor, agg: str = "token-mean", num_tokens: float | None = None, max_len: int | None = None,
+    num_seqs: float | None = None,
+) -> Tensor:
+    """Reduce a [B, T] per-token loss to a scalar.
+
+    token-mean: sum over all tokens / number of tokens (`num_tokens` overrides the count, so a micro-batch can be
+    divided by the global count over ranks and accumulation steps).
+    seq-mean-token-mean: mean over sequences of each sequence's token mean.
+    seq-mean-token-sum-norm: sum over tokens / max_len, mean over sequences (Dr. GRPO; max_len is a constant).
+    `num_seqs` overrides the sequence count of the two seq-mean forms, for the same reason.
+    """
+    mask = mask.float()
+    if agg == "token-mean":
+        denom = mask.sum() if num_tokens is None else torch.as_tensor(num_tokens, dtype=torch.float32)
+        return (per_token * mask).sum() / denom.clamp(min=1.0)
+    n_seq = per_token.shape[0] if num_seqs is None else num_seqs
+    if agg == "seq-mean-token-mean":
+        return ((per_token * mask).sum(-1) / mask.sum(-1).clamp(min=1.0)).sum() / n_seq
+    if agg == "seq-mean-token-sum-norm":
+        if not max_len:
+            raise ValueError("seq-mean-token-sum-norm needs max_len (the constant to divide each sequence's sum by)")
+        return ((per_token * mask).sum(-1) / max_len).sum() / n_seq
+    raise ValueError(f"loss aggregation {agg!r} is not one of {', '.join(LOSS_AGGREGATIONS)}")
+
+
+def clipped_pg_loss(
+    logprobs: Tensor,
+    old_logprobs: Tensor,
+    advantages: Tensor,
+    mask: Tensor,
+    clip_low: float = 0.2,
+    clip_high: float = 0.2,
+    agg: str = "token-mean",
+    num_tokens: float | None = None,
+    max_len: int | None = None,
+    num_seqs: float | None = None,
+) -> tuple[Tensor, dict[str, Tensor]]:
+    """PPO's clipped surrogate (Schulman et al. 2017), with DAPO's separate low/high clip (arXiv:2503.14476).
+
+    ratio = exp(logprobs - old_logprobs);  per-token loss = -min(ratio * A, clip(ratio, 1 - clip_low, 1 + clip_high) * A).
+    logprobs, old_logprobs, advantages, mask: [B, T] (broadcast a sequence advantage to its tokens yourself).
+    Returns (scalar loss, {"clipfrac", "approx_kl", "ratio_mean"} detached scalars over masked tokens).
+    """
+    log_ratio = logprobs - old_logprobs
+    ratio = torch.exp(log_ratio)
+    unclipped = ratio * advantages
+    clipped = torch.clamp(ratio, 1.0 - clip_low, 1.0 + clip_high) * advantages
+    per_token = -torch.minimum(unclipped, clipped)
+    loss = aggregate(per_token, mask, agg, num_tokens, max_len, num_seqs)
+    with torch.no_grad():
+        is_clipped = (clipped < unclipped).float()
+        metrics = {
+            "clipfrac": masked_mean(is_clipped, mask),
+            "approx_kl": masked_mean(0.5 * log_ratio.square(), mask),
+            "ratio_mean": masked_mean(ratio, mask),
+        }
+    return loss, metrics

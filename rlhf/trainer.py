@@ -1,0 +1,455 @@
+"""The GRPO training loop, read top to bottom as numbered steps.
+
+One step: (1) take this rank's prompts, (2) sample G completions each with the adapter merged, (3) score them,
+(4) group-normalise the rewards into advantages, (5) log-probs of the reference (beta > 0) and of the policy before
+the update (only when the update is not exactly on-policy), (6) mu passes of clipped-surrogate updates over
+minibatches with gradient accumulation, (7) log, evaluate, checkpoint.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import random
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from rlhf import __version__
+from rlhf.advantages import batch_std_advantages, group_advantages
+from rlhf.checkpoint import load_checkpoint, resolve_resume, save_checkpoint
+from rlhf.config import Config, check_world, save_config
+from rlhf.data import PromptSampler, arithmetic_problems, build_prompt_set, left_pad, load_rows
+from rlhf.distributed import all_gather_cat, all_sum, make_accelerator
+from rlhf.evaluation import greedy_eval
+from rlhf.losses import aggregate, clipped_pg_loss, kl_penalty, masked_mean
+from rlhf.models import count_parameters, load_policy, load_tokenizer, merged_adapter, reference_policy
+from rlhf.policy import Policy
+from rlhf.rewards import build_reward_functions, score
+from rlhf.rollout import Rollout, SamplingParams, generate_batched
+from rlhf.tracking import (
+    MetricsWriter,
+    available_trackers,
+    console_line,
+    format_samples,
+    truncate_metrics_file,
+)
+
+log = logging.getLogger("rlhf")
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def build_datasets(cfg: Config, tokenizer):
+    """(train PromptSet, eval PromptSet or None)."""
+    d = cfg.data
+    if d.path == "arithmetic":
+        a = d.arithmetic
+        train_rows, eval_rows = arithmetic_problems(
+            a.min_operand, a.max_operand, a.operators, a.num_train, a.num_eval, a.template, seed=cfg.seed
+        )
+    else:
+        train_rows = load_rows(d.path, d.name, d.split)
+        eval_rows = load_rows(d.path, d.name, cfg.eval.split) if cfg.eval.every else []
+    fmt = dict(
+        prompt_column=d.prompt_column,
+        system_prompt=d.system_prompt,
+        prompt_template=d.prompt_template,
+        max_prompt_tokens=d.max_prompt_tokens,
+    )
+    train = build_prompt_set(train_rows, tokenizer, **fmt)
+    evals = None
+    if cfg.eval.every and eval_rows:
+        if cfg.eval.num_samples:
+            eval_rows = eval_rows[: cfg.eval.num_samples]
+        evals = build_prompt_set(eval_rows, tokenizer, **fmt)
+    return train, evals
+
+
+def lr_lambda(schedule: str, warmup: int, total: int):
+    def f(step: int) -> float:
+        if warmup and step < warmup:
+            return (step + 1) / warmup
+        if schedule == "constant":
+            return 1.0
+        progress = min(1.0, (step - warmup) / max(1, total - warmup))
+        if schedule == "linear":
+            return 1.0 - progress
+        return 0.5 * (1.0 + math.cos(math.pi * progress))
+
+    return f
+
+
+@dataclass
+class StepBatch:
+    """A rollout with everything the update needs. Rows are sequences, [B, C] on completion tokens."""
+
+    rollout: Rollout
+    advantages: Tensor  # [B] float32 sequence advantages
+    loss_mask: Tensor  # [B, C] completion mask, minus truncated rows when masked
+    old_logprobs: Tensor | None  # [B, C] or None when the update is exactly on-policy
+    ref_logprobs: Tensor | None  # [B, C] or None when beta == 0
+
+    def rows(self, idx: slice) -> StepBatch:
+        r = self.rollout
+        sub = Rollout(
+            r.prompt_ids[idx], r.prompt_mask[idx], r.completion_ids[idx], r.completion_mask[idx], r.logprobs[idx],
+            r.truncated[idx], r.texts[idx],
+        )
+        pick = (lambda t: None if t is None else t[idx])
+        return StepBatch(sub, self.advantages[idx], self.loss_mask[idx], pick(self.old_logprobs), pick(self.ref_logprobs))
+
+    def trimmed(self) -> StepBatch:
+        """Drop columns that are padding in every row (a micro-batch is often much shorter than the longest row)."""
+        r = self.rollout
+        keep_p = r.prompt_mask.bool().any(0).nonzero()
+        first = int(keep_p[0]) if len(keep_p) else 0
+        width = int(r.completion_mask.sum(-1).max().item()) or 1
+        sub = Rollout(
+            r.prompt_ids[:, first:], r.prompt_mask[:, first:], r.completion_ids[:, :width],
+            r.completion_mask[:, :width], r.logprobs[:, :width], r.truncated, r.texts,
+        )
+        cut = (lambda t: None if t is None else t[:, :width])
+        return StepBatch(sub, self.advantages, self.loss_mask[:, :width], cut(self.old_logprobs), cut(self.ref_logprobs))
+
+
+class GRPOTrainer:
+    def __init__(self, cfg: Config):
+        self.cfg = cfg
+        t = cfg.train
+        self.out = Path(cfg.output_dir)
+        # Sequences per rank per optimizer step and the micro-batches they split into fix the accumulation count.
+        self.accelerator = make_accelerator(1, available_trackers(cfg.logging.report_to), str(self.out))
+        acc = self.accelerator
+        check_world(cfg, acc.num_processes)
+        self.prompts_per_rank = t.prompts_per_step // acc.num_processes
+        seqs = self.prompts_per_rank * cfg.rollout.num_generations
+        self.micro_batches = math.ceil(seqs / t.micro_batch_size)
+        acc.gradient_accumulation_steps = self.micro_batches
+        self.is_main = acc.is_main_process
+        seed_everything(cfg.seed + acc.process_index)
+        if self.is_main:
+            self.out.mkdir(parents=True, exist_ok=True)
+            save_config(cfg, self.out / "config.yaml")
+
+        # data and rewards before the model, so their errors come in seconds
+        m = cfg.model
+        self.tokenizer = load_tokenizer(m.path, m.trust_remote_code)
+        self.train_set, self.eval_set = build_datasets(cfg, self.tokenizer)
+        self.reward_fns = build_reward_functions(cfg.rewards)
+        self.sampler = PromptSampler(len(self.train_set), cfg.seed, cfg.data.shuffle)
+
+        model = load_policy(
+            m.path, m.dtype, m.lora.r, m.lora.alpha, m.lora.dropout, m.lora.target_modules,
+            m.gradient_checkpointing, m.trust_remote_code,
+        )
+        n_train, n_all = count_parameters(model)
+        log.info("policy %s: %.2fM trainable of %.1fM parameters", m.path, n_train / 1e6, n_all / 1e6)
+        self.peft_model = model
+        o = cfg.optim
+        optimizer = torch.optim.AdamW(
+            [p for p in model.parameters() if p.requires_grad], lr=o.lr, betas=tuple(o.betas), eps=o.eps,
+            weight_decay=o.weight_decay,
+        )
+        total_updates = t.max_steps * cfg.algorithm.num_iterations * cfg.algorithm.num_minibatches
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(o.schedule, o.warmup_steps, total_updates))
+        # The scheduler stays unprepared: accelerate's wrapper steps it once per process, which assumes a sharded
+        # dataloader; here it steps once per optimizer step.
+        self.policy, self.optimizer = acc.prepare(Policy(model), optimizer)
+        self.scheduler = scheduler
+
+        self.start_step = 0
+        resume = resolve_resume(t.resume_from, self.out / "checkpoints")
+        if resume is not None:
+            state = load_checkpoint(resume, acc, self.peft_model, self.optimizer, self.scheduler)
+            self.start_step = state["step"]
+            self.sampler.load_state_dict(state["sampler"])
+            log.info("resumed from %s at step %d", resume, self.start_step)
+        if acc.log_with:
+            acc.init_trackers("tracking", config=_flat(cfg))
+        if self.is_main and resume is not None:
+            truncate_metrics_file(self.out / "metrics.jsonl", self.start_step)
+        self.writer = MetricsWriter(self.out, acc, self.is_main, append=resume is not None)
+
+    # ---------------------------------------------------------------------------------------------------------------
+    @property
+    def generation_model(self):
+        return self.accelerator.unwrap_model(self.policy).base
+
+    def rollout(self, prompt_idx: list[int]) -> tuple[Rollout, dict]:
+        r = self.cfg.rollout
+        ps = self.train_set.select(prompt_idx)
+        ids, mask = left_pad(ps.prompt_ids, self.tokenizer.pad_token_id)
+        params = SamplingParams(r.max_new_tokens, r.temperature, r.top_p, r.top_k, False, list(r.stop))
+        self.policy.eval()
+        with merged_adapter(self.peft_model, r.merge_adapter):
+            out = generate_batched(
+                self.generation_model, self.tokenizer, ids, mask, r.num_generations, params, r.batch_size
+            )
+        return out, ps
+
+    def policy_logprobs(self, batch: StepBatch, with_entropy: bool = False):
+        b = batch.trimmed()
+        r = b.rollout
+        return self.policy(
+            r.prompt_ids, r.prompt_mask, r.completion_ids, r.completion_mask, self.cfg.rollout.temperature,
+            with_entropy,
+        ), b
+
+    @torch.no_grad()
+    def scored_logprobs(self, batch: StepBatch, reference: bool) -> Tensor:
+        """[B, C] log-probs under the current policy or the reference, micro-batch by micro-batch."""
+        out = torch.zeros_like(batch.rollout.logprobs)
+        mb = self.cfg.train.micro_batch_size
+        for s in range(0, len(batch.advantages), mb):
+            part = batch.rows(slice(s, s + mb))
+            if reference:
+                with reference_policy(self.peft_model):
+                    po, trimmed = self.policy_logprobs(part)
+            else:
+                po, trimmed = self.policy_logprobs(part)
+            out[s : s + mb, : po.logprobs.shape[1]] = po.logprobs
+        return out
+
+    # ---------------------------------------------------------------------------------------------------------------
+    def train(self) -> dict:
+        cfg, acc = self.cfg, self.accelerator
+        t, a, r = cfg.train, cfg.algorithm, cfg.rollout
+        G = r.num_generations
+        on_policy = a.num_iterations == 1 and a.num_minibatches == 1
+        eval_tokens = cfg.eval.max_new_tokens or r.max_new_tokens
+        last_metrics: dict = {}
+        bar = _progress(t.max_steps, self.start_step, cfg.logging.progress_bar and self.is_main)
+
+        if self.eval_set is not None and self.start_step == 0:
+            last_metrics.update(self.evaluate(eval_tokens, step=0))
+
+        for step in range(self.start_step + 1, t.max_steps + 1):
+            t_step = time.perf_counter()
+            metrics: dict[str, float] = {}
+            # 1. this rank's prompts: every rank draws the same global order and takes its own whole groups
+            global_idx = self.sampler.take(t.prompts_per_step * a.num_minibatches)
+            k = self.prompts_per_rank * a.num_minibatches
+            prompt_idx = global_idx[acc.process_index * k : (acc.process_index + 1) * k]
+
+            # 2. rollout
+            t0 = time.perf_counter()
+            roll, ps = self.rollout(prompt_idx)
+            metrics["time/rollout"] = time.perf_counter() - t0
+            gen_tokens = all_sum(acc, roll.completion_mask.sum()).item()
+            metrics["throughput/gen_tokens_per_s"] = gen_tokens / max(metrics["time/rollout"], 1e-9) / acc.num_processes
+
+            # 3. rewards
+            t0 = time.perf_counter()
+            prompts = [p for p in ps.texts for _ in range(G)]
+            columns = {key: [v for v in vals for _ in range(G)] for key, vals in ps.columns.items()}
+            rewards, per_fn = score(self.reward_fns, prompts, roll.texts, columns)
+            metrics["time/reward"] = time.perf_counter() - t0
+
+            # 4. advantages: groups are whole on each rank; a batch-level std needs every rank's rewards
+            if a.std_level == "batch" and a.scale_by_std:
+                adv = batch_std_advantages(rewards, G, std=all_gather_cat(acc, rewards).std())
+            else:
+                adv = group_advantages(rewards, G, scale_by_std=a.scale_by_std)
+            loss_mask = roll.completion_mask.clone()
+            if r.mask_truncated:
+                loss_mask[roll.truncated] = 0
+            batch = StepBatch(roll, adv, loss_mask, None, None)
+
+            # 5. reference and pre-update log-probs (skipped when beta == 0 / when exactly on-policy)
+            t0 = time.perf_counter()
+            if a.beta > 0:
+                batch.ref_logprobs = self.scored_logprobs(batch, reference=True)
+            if not on_policy:
+                batch.old_logprobs = self.scored_logprobs(batch, reference=False)
+            metrics["time/ref"] = time.perf_counter() - t0
+
+            # 6. update
+            t0 = time.perf_counter()
+            metrics.update(self.update(batch))
+            metrics["time/train"] = time.perf_counter() - t0
+
+            # 7. log, evaluate, checkpoint
+            metrics.update(self.rollout_metrics(roll, rewards, per_fn, loss_mask))
+            metrics["time/step"] = time.perf_counter() - t_step
+            if self.eval_set is not None and (step % cfg.eval.every == 0 or step == t.max_steps):
+                metrics.update(self.evaluate(eval_tokens, step=None))
+            self.writer.log(metrics, step)
+            last_metrics.update(metrics)
+            if self.is_main and cfg.logging.samples_every and step % cfg.logging.samples_every == 0:
+                self.log_samples(prompts, roll, rewards, step)
+            if self.is_main and step % cfg.logging.every == 0:
+                (bar.write if bar else log.info)(console_line(step, t.max_steps, metrics))
+            if bar:
+                bar.update(1)
+                bar.set_postfix(reward=f"{metrics['reward/mean']:.3f}", kl=f"{metrics['policy/approx_kl']:.1e}")
+            if t.save_every and step % t.save_every == 0 and step != t.max_steps:
+                self.save(step)
+        if bar:
+            bar.close()
+        self.save(t.max_steps)
+        self.save_adapter()
+        acc.end_training()
+        return last_metrics
+
+    def update(self, batch: StepBatch) -> dict[str, float]:
+        """mu passes over the batch; each pass splits it into minibatches, one optimizer step each."""
+        cfg, acc = self.cfg, self.accelerator
+        a = cfg.algorithm
+        B = len(batch.advantages)
+        per_mb = B // a.num_minibatches
+        mb_size = cfg.train.micro_batch_size
+        sums = {"loss/policy": 0.0, "loss/kl": 0.0, "policy/clipfrac": 0.0, "policy/approx_kl": 0.0, "policy/entropy": 0.0}
+        logprob_gap, grad_norms, n_updates, token_total = 0.0, [], 0, 0.0
+        self.policy.train()
+        for _ in range(a.num_iterations):
+            for m in range(a.num_minibatches):
+                minibatch = batch.rows(slice(m * per_mb, (m + 1) * per_mb))
+                # token-mean divides by the token count of the whole minibatch over all ranks; sequence means by the
+                # sequence count. Each micro-batch contributes its share; DDP averages over ranks, so scale by world.
+                n_tokens = all_sum(acc, minibatch.loss_mask.sum()).item()
+                n_seqs = per_mb * acc.num_processes
+                scale = acc.num_processes * acc.gradient_accumulation_steps  # undo DDP's mean and accelerate's 1/GAS
+                for s in range(0, per_mb, mb_size):
+                    micro = minibatch.rows(slice(s, s + mb_size))
+                    with acc.accumulate(self.policy):
+                        out, mb = self.policy_logprobs(micro, with_entropy=True)
+                        lp = out.logprobs
+                        old = lp.detach() if mb.old_logprobs is None else mb.old_logprobs
+                        adv = mb.advantages[:, None].expand_as(lp)
+                        loss, pg = clipped_pg_loss(
+                            lp, old, adv, mb.loss_mask, a.clip_low, a.clip_high, a.loss_agg,
+                            num_tokens=n_tokens, max_len=cfg.rollout.max_new_tokens, num_seqs=n_seqs,
+                        )
+                        kl_loss = torch.zeros(())
+                        if mb.ref_logprobs is not None:
+                            kl = kl_penalty(lp, mb.ref_logprobs, a.kl_estimator)
+                            kl_loss = aggregate(kl, mb.loss_mask, a.loss_agg, n_tokens, cfg.rollout.max_new_tokens, n_seqs)
+                        total = loss + a.beta * kl_loss
+                        if not torch.isfinite(total):
+                            raise FloatingPointError(
+                                f"non-finite loss ({total.item()}) at step; lower optim.lr or check the rewards"
+                            )
+                        acc.backward(total * scale)
+                        if acc.sync_gradients:
+                            if cfg.optim.max_grad_norm > 0:
+                                gn = acc.clip_grad_norm_(self.policy.parameters(), cfg.optim.max_grad_norm)
+                                grad_norms.append(float(gn))
+                            n_updates += 1
+                        self.optimizer.step()
+                        if acc.sync_gradients:
+                            self.scheduler.step()
+                        self.optimizer.zero_grad()
+                    w = mb.loss_mask.sum().item()
+                    token_total += w
+                    sums["loss/policy"] += loss.item()
+                    sums["loss/kl"] += kl_loss.item()
+                    for key, name in (("clipfrac", "policy/clipfrac"), ("approx_kl", "policy/approx_kl")):
+                        sums[name] += pg[key].item() * w
+                    sums["policy/entropy"] += masked_mean(out.entropy, mb.loss_mask).item() * w
+                    logprob_gap += (((lp.detach() - mb.rollout.logprobs).abs()) * mb.loss_mask).sum().item()
+        passes = a.num_iterations * a.num_minibatches
+        tokens = max(all_sum(acc, token_total).item(), 1.0)
+        metrics = {
+            "loss/policy": all_sum(acc, sums["loss/policy"]).item() / passes,
+            "loss/kl": all_sum(acc, sums["loss/kl"]).item() / passes,
+            "policy/clipfrac": all_sum(acc, sums["policy/clipfrac"]).item() / tokens,
+            "policy/approx_kl": all_sum(acc, sums["policy/approx_kl"]).item() / tokens,
+            "policy/entropy": all_sum(acc, sums["policy/entropy"]).item() / tokens,
+            "policy/rollout_logprob_gap": all_sum(acc, logprob_gap).item() / tokens,
+            "optim/lr": self.scheduler.get_last_lr()[0],
+            "optim/updates": n_updates,
+        }
+        if grad_norms:
+            metrics["optim/grad_norm"] = sum(grad_norms) / len(grad_norms)
+        return metrics
+
+    def rollout_metrics(self, roll: Rollout, rewards: Tensor, per_fn: dict[str, Tensor], loss_mask: Tensor) -> dict:
+        acc, G = self.accelerator, self.cfg.rollout.num_generations
+        everyone = all_gather_cat(acc, rewards)
+        group_std = everyone.view(-1, G).std(dim=1)
+        lengths = all_gather_cat(acc, roll.lengths.float())
+        truncated = all_gather_cat(acc, roll.truncated.float())
+        m = {
+            "reward/mean": everyone.mean().item(),
+            "reward/std": everyone.std().item() if everyone.numel() > 1 else 0.0,
+            "frac_reward_zero_std": (group_std < 1e-6).float().mean().item(),
+            "completion/mean_len": lengths.mean().item(),
+            "completion/max_len": lengths.max().item(),
+            "completion/clipped_frac": truncated.mean().item(),
+        }
+        for rf in self.reward_fns:
+            vals = all_gather_cat(acc, per_fn[rf.name])
+            ok = ~torch.isnan(vals)
+            m[f"reward/{rf.name}/mean"] = vals[ok].mean().item() if ok.any() else float("nan")
+            m[f"reward/{rf.name}/errors"] = all_sum(acc, rf.errors).item()
+        return m
+
+    def evaluate(self, max_new_tokens: int, step: int | None) -> dict:
+        e = self.cfg.eval
+        self.policy.eval()
+        with merged_adapter(self.peft_model, self.cfg.rollout.merge_adapter):
+            metrics, _ = greedy_eval(
+                self.generation_model, self.tokenizer, self.eval_set, self.reward_fns, max_new_tokens,
+                e.batch_size, e.success_threshold, self.accelerator,
+            )
+        if step is not None:
+            self.writer.log(metrics, step)
+            if self.is_main:
+                log.info("step %d eval accuracy %.3f (%d prompts, %.1fs)", step, metrics["eval/accuracy"],
+                         metrics["eval/num_samples"], metrics["time/eval"])
+        return metrics
+
+    def log_samples(self, prompts: list[str], roll: Rollout, rewards: Tensor, step: int, n: int = 4) -> None:
+        G = self.cfg.rollout.num_generations
+        picks = [i * G for i in range(min(n, len(prompts) // G))]
+        rows = [{"prompt": prompts[i], "completion": roll.texts[i], "reward": rewards[i].item()} for i in picks]
+        self.writer.samples(rows, step)
+        log.info("samples at step %d:\n%s", step, format_samples(rows))
+
+    def save(self, step: int) -> None:
+        state = {"sampler": self.sampler.state_dict(), "version": __version__}
+        path = save_checkpoint(
+            self.out / "checkpoints", step, self.accelerator, self.peft_model, self.optimizer, self.scheduler, state
+        )
+        if self.is_main:
+            log.info("checkpoint saved to %s", path)
+
+    def save_adapter(self) -> None:
+        if self.is_main:
+            self.peft_model.save_pretrained(self.out / "adapter", safe_serialization=True)
+            self.tokenizer.save_pretrained(self.out / "adapter")
+            log.info("adapter saved to %s", self.out / "adapter")
+        self.accelerator.wait_for_everyone()
+
+
+def _progress(total: int, start: int, enabled: bool):
+    if not enabled:
+        return None
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, initial=start, desc="GRPO", unit="step", dynamic_ncols=True)
+
+
+def _flat(cfg: Config) -> dict:
+    from rlhf.config import to_dict
+
+    out = {}
+
+    def walk(prefix: str, node) -> None:
+        if isinstance(node, dict):
+            for k, v in node.items():
+                walk(f"{prefix}.{k}" if prefix else k, v)
+        else:
+            out[prefix] = node if isinstance(node, (int, float, str, bool)) else str(node)
+
+    walk("", to_dict(cfg))
+    return out

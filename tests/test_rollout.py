@@ -1,0 +1,115 @@
+import pytest
+import torch
+
+from rlhf.data import left_pad
+from rlhf.models import load_policy, merged_adapter
+from rlhf.policy import Policy
+from rlhf.rollout import SamplingParams, StopChecker, generate_batched, sample_next
+
+
+@pytest.fixture(scope="module")
+def policy(tiny_model_dir):
+    torch.manual_seed(0)
+    model = load_policy(tiny_model_dir, dtype="float32", lora_r=4)
+    with torch.no_grad():  # a non-zero adapter, so merging matters
+        for name, p in model.named_parameters():
+            if "lora_B" in name:
+                p.normal_(0, 0.5)
+    return model
+
+
+def _prompts(tokenizer, texts):
+    ids = [tokenizer.apply_chat_template([{"role": "user", "content": t}], add_generation_prompt=True) for t in texts]
+    ids = [i["input_ids"] if hasattr(i, "keys") else i for i in ids]
+    return left_pad(ids, tokenizer.pad_token_id)
+
+
+def test_shapes_masks_and_behaviour_logprobs_match_training_forward(policy, tokenizer):
+    ids, mask = _prompts(tokenizer, ["hi", "a much longer prompt than the first one"])
+    torch.manual_seed(1)
+    out = generate_batched(policy.get_base_model(), tokenizer, ids, mask, 3,
+                           SamplingParams(max_new_tokens=12, temperature=0.8), batch_size=3)
+    B, C = out.completion_ids.shape
+    assert B == 6 and C <= 12 and len(out.texts) == 6
+    # rows of one prompt are consecutive and carry that prompt
+    assert torch.equal(out.prompt_ids[0], out.prompt_ids[2]) and not torch.equal(out.prompt_ids[0], out.prompt_ids[3])
+    # the mask is a prefix; padding after it; truncated rows are exactly the full-length ones without EOS
+    lengths = out.completion_mask.sum(-1)
+    for row, n in zip(out.completion_mask, lengths):
+        assert row[:n].all() and not row[n:].any()
+    eos = tokenizer.eos_token_id
+    for i in range(B):
+        ended = (out.completion_ids[i, : lengths[i]] == eos).any().item()
+        assert out.truncated[i].item() == (not ended and lengths[i].item() == 12)
+    # the trainer's forward (another code path: full sequence, no cache) gives the same log-probs at T = 0.8
+    with torch.no_grad():
+        po = Policy(policy)(out.prompt_ids, out.prompt_mask, out.completion_ids, out.completion_mask, 0.8)
+    torch.testing.assert_close(po.logprobs, out.logprobs, atol=2e-4, rtol=1e-4)
+    assert (out.logprobs[out.completion_mask == 0] == 0).all()
+
+
+def test_merged_adapter_is_exact_and_restores_bits(policy, tokenizer):
+    ids, mask = _prompts(tokenizer, ["x", "y z"])
+    before = {n: p.detach().clone() for n, p in policy.named_parameters()}
+    params = SamplingParams(max_new_tokens=8, greedy=True)
+    plain = generate_batched(policy.get_base_model(), tokenizer, ids, mask, 1, params)
+    with merged_adapter(policy):
+        merged = generate_batched(policy.get_base_model(), tokenizer, ids, mask, 1, params)
+    assert torch.equal(plain.completion_ids, merged.completion_ids)
+    torch.testing.assert_close(plain.logprobs, merged.logprobs, atol=1e-4, rtol=1e-4)
+    for n, p in policy.named_parameters():
+        assert torch.equal(p, before[n]), n
+
+
+def test_merged_adapter_restores_bfloat16_bits(tiny_model_dir):
+    model = load_policy(tiny_model_dir, dtype="bfloat16", lora_r=4)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "lora_B" in name:
+                p.normal_(0, 1.0)
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    for _ in range(3):
+        with merged_adapter(model):
+            pass
+    for n, p in model.named_parameters():
+        assert torch.equal(p, before[n]), n
+
+
+def test_greedy_is_deterministic_and_picks_argmax():
+    logits = torch.tensor([[0.1, 3.0, 0.2], [5.0, 0.0, 0.0]])
+    tokens, logp = sample_next(logits, SamplingParams(greedy=True))
+    assert tokens.tolist() == [1, 0]
+    torch.testing.assert_close(logp, logits.log_softmax(-1).gather(-1, tokens[:, None]).squeeze(-1))
+
+
+def test_top_k_and_top_p_only_sample_allowed_tokens():
+    torch.manual_seed(0)
+    logits = torch.log(torch.tensor([[0.5, 0.3, 0.15, 0.05]])).repeat(2000, 1)
+    tokens, _ = sample_next(logits, SamplingParams(top_k=2))
+    assert set(tokens.tolist()) == {0, 1}
+    # top_p = 0.7: 0.5 alone < 0.7, 0.5 + 0.3 >= 0.7 -> tokens {0, 1}
+    tokens, logp = sample_next(logits, SamplingParams(top_p=0.7))
+    assert set(tokens.tolist()) == {0, 1}
+    # log-probs are those of the untruncated temperature-1 distribution
+    torch.testing.assert_close(logp[tokens == 1], torch.full_like(logp[tokens == 1], torch.log(torch.tensor(0.3)).item()))
+    frac0 = (tokens == 0).float().mean().item()
+    assert abs(frac0 - 0.5 / 0.8) < 0.05  # renormalised within the nucleus
+
+
+def test_stop_strings(policy, tokenizer):
+    checker = StopChecker(tokenizer, ["\n\n", "STOP"])
+    gen = [tokenizer("abc STOP")["input_ids"], tokenizer("abc")["input_ids"]]
+    hit = checker(gen, torch.tensor([True, True]))
+    assert hit.tolist() == [True, False]
+    # in generation: a stop string that occurs ends the completion there (kept in it), and it is not truncated
+    ids, mask = _prompts(tokenizer, ["hello"])
+    torch.manual_seed(0)
+    free = generate_batched(policy.get_base_model(), tokenizer, ids, mask, 4, SamplingParams(max_new_tokens=20))
+    text = free.texts[0]
+    stop = text[3:5] if len(text) >= 5 else None
+    if stop and stop.strip():
+        torch.manual_seed(0)
+        cut = generate_batched(policy.get_base_model(), tokenizer, ids, mask, 4,
+                               SamplingParams(max_new_tokens=20, stop=[stop]))
+        assert stop in cut.texts[0] and len(cut.texts[0]) <= len(text)
+        assert not cut.truncated[0]
