@@ -229,72 +229,74 @@ class GRPOTrainer:
         last_metrics: dict = {}
         bar = _progress(t.max_steps, self.start_step, cfg.logging.progress_bar and self.is_main)
 
-        if self.eval_set is not None and self.start_step == 0:
-            last_metrics.update(self.evaluate(eval_tokens, step=0))
+        try:
+            if self.eval_set is not None and self.start_step == 0:
+                last_metrics.update(self.evaluate(eval_tokens, step=0))
 
-        for step in range(self.start_step + 1, t.max_steps + 1):
-            t_step = time.perf_counter()
-            metrics: dict[str, float] = {}
-            # 1. this rank's prompts: every rank draws the same global order and takes its own whole groups
-            global_idx = self.sampler.take(t.prompts_per_step * a.num_minibatches)
-            k = self.prompts_per_rank * a.num_minibatches
-            prompt_idx = global_idx[acc.process_index * k : (acc.process_index + 1) * k]
+            for step in range(self.start_step + 1, t.max_steps + 1):
+                t_step = time.perf_counter()
+                metrics: dict[str, float] = {}
+                # 1. this rank's prompts: every rank draws the same global order and takes its own whole groups
+                global_idx = self.sampler.take(t.prompts_per_step * a.num_minibatches)
+                k = self.prompts_per_rank * a.num_minibatches
+                prompt_idx = global_idx[acc.process_index * k : (acc.process_index + 1) * k]
 
-            # 2. rollout
-            t0 = time.perf_counter()
-            roll, ps = self.rollout(prompt_idx)
-            metrics["time/rollout"] = time.perf_counter() - t0
-            gen_tokens = all_sum(acc, roll.completion_mask.sum()).item()
-            metrics["throughput/gen_tokens_per_s"] = gen_tokens / max(metrics["time/rollout"], 1e-9) / acc.num_processes
+                # 2. rollout
+                t0 = time.perf_counter()
+                roll, ps = self.rollout(prompt_idx)
+                metrics["time/rollout"] = time.perf_counter() - t0
+                gen_tokens = all_sum(acc, roll.completion_mask.sum()).item()
+                metrics["throughput/gen_tokens_per_s"] = gen_tokens / max(metrics["time/rollout"], 1e-9) / acc.num_processes
 
-            # 3. rewards
-            t0 = time.perf_counter()
-            prompts = [p for p in ps.texts for _ in range(G)]
-            columns = {key: [v for v in vals for _ in range(G)] for key, vals in ps.columns.items()}
-            rewards, per_fn = score(self.reward_fns, prompts, roll.texts, columns)
-            metrics["time/reward"] = time.perf_counter() - t0
+                # 3. rewards
+                t0 = time.perf_counter()
+                prompts = [p for p in ps.texts for _ in range(G)]
+                columns = {key: [v for v in vals for _ in range(G)] for key, vals in ps.columns.items()}
+                rewards, per_fn = score(self.reward_fns, prompts, roll.texts, columns)
+                metrics["time/reward"] = time.perf_counter() - t0
 
-            # 4. advantages: groups are whole on each rank; a batch-level std needs every rank's rewards
-            if a.std_level == "batch" and a.scale_by_std:
-                adv = batch_std_advantages(rewards, G, std=all_gather_cat(acc, rewards).std())
-            else:
-                adv = group_advantages(rewards, G, scale_by_std=a.scale_by_std)
-            loss_mask = roll.completion_mask.clone()
-            if r.mask_truncated:
-                loss_mask[roll.truncated] = 0
-            batch = StepBatch(roll, adv, loss_mask, None, None)
+                # 4. advantages: groups are whole on each rank; a batch-level std needs every rank's rewards
+                if a.std_level == "batch" and a.scale_by_std:
+                    adv = batch_std_advantages(rewards, G, std=all_gather_cat(acc, rewards).std())
+                else:
+                    adv = group_advantages(rewards, G, scale_by_std=a.scale_by_std)
+                loss_mask = roll.completion_mask.clone()
+                if r.mask_truncated:
+                    loss_mask[roll.truncated] = 0
+                batch = StepBatch(roll, adv, loss_mask, None, None)
 
-            # 5. reference and pre-update log-probs (skipped when beta == 0 / when exactly on-policy)
-            t0 = time.perf_counter()
-            if a.beta > 0:
-                batch.ref_logprobs = self.scored_logprobs(batch, reference=True)
-            if not on_policy:
-                batch.old_logprobs = self.scored_logprobs(batch, reference=False)
-            metrics["time/ref"] = time.perf_counter() - t0
+                # 5. reference and pre-update log-probs (skipped when beta == 0 / when exactly on-policy)
+                t0 = time.perf_counter()
+                if a.beta > 0:
+                    batch.ref_logprobs = self.scored_logprobs(batch, reference=True)
+                if not on_policy:
+                    batch.old_logprobs = self.scored_logprobs(batch, reference=False)
+                metrics["time/ref"] = time.perf_counter() - t0
 
-            # 6. update
-            t0 = time.perf_counter()
-            metrics.update(self.update(batch))
-            metrics["time/train"] = time.perf_counter() - t0
+                # 6. update
+                t0 = time.perf_counter()
+                metrics.update(self.update(batch))
+                metrics["time/train"] = time.perf_counter() - t0
 
-            # 7. log, evaluate, checkpoint
-            metrics.update(self.rollout_metrics(roll, rewards, per_fn, loss_mask))
-            metrics["time/step"] = time.perf_counter() - t_step
-            if self.eval_set is not None and (step % cfg.eval.every == 0 or step == t.max_steps):
-                metrics.update(self.evaluate(eval_tokens, step=None))
-            self.writer.log(metrics, step)
-            last_metrics.update(metrics)
-            if self.is_main and cfg.logging.samples_every and step % cfg.logging.samples_every == 0:
-                self.log_samples(prompts, roll, rewards, step)
-            if self.is_main and step % cfg.logging.every == 0:
-                (bar.write if bar else log.info)(console_line(step, t.max_steps, metrics))
+                # 7. log, evaluate, checkpoint
+                metrics.update(self.rollout_metrics(roll, rewards, per_fn, loss_mask))
+                metrics["time/step"] = time.perf_counter() - t_step
+                if self.eval_set is not None and (step % cfg.eval.every == 0 or step == t.max_steps):
+                    metrics.update(self.evaluate(eval_tokens, step=None))
+                self.writer.log(metrics, step)
+                last_metrics.update(metrics)
+                if self.is_main and cfg.logging.samples_every and step % cfg.logging.samples_every == 0:
+                    self.log_samples(prompts, roll, rewards, step)
+                if self.is_main and step % cfg.logging.every == 0:
+                    (bar.write if bar else log.info)(console_line(step, t.max_steps, metrics))
+                if bar:
+                    bar.update(1)
+                    bar.set_postfix(reward=f"{metrics['reward/mean']:.3f}", kl=f"{metrics['policy/approx_kl']:.1e}")
+                if t.save_every and step % t.save_every == 0 and step != t.max_steps:
+                    self.save(step)
+        finally:
             if bar:
-                bar.update(1)
-                bar.set_postfix(reward=f"{metrics['reward/mean']:.3f}", kl=f"{metrics['policy/approx_kl']:.1e}")
-            if t.save_every and step % t.save_every == 0 and step != t.max_steps:
-                self.save(step)
-        if bar:
-            bar.close()
+                bar.close()  # so an error message starts on a line of its own
         self.save(t.max_steps)
         self.save_adapter()
         acc.end_training()
