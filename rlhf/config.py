@@ -171,7 +171,11 @@ class TrainConfig:
 
     max_steps: int = doc("Rollout + update steps.", 100)
     prompts_per_step: int = doc("Prompts per optimizer step over all ranks.", 4)
-    micro_batch_size: int = doc("Sequences per forward/backward on one rank (gradient accumulation).", 32)
+    micro_batch_size: int = doc(
+        "Sequences per forward/backward on one rank (gradient accumulation). A multiple of rollout.num_generations "
+        "lets a prompt's G completions share one encoding of the prompt.",
+        32,
+    )
     save_every: int = doc("Save a checkpoint every N steps (and at the end); 0 = only at the end.", 0)
     resume_from: str | None = doc("`latest` or a checkpoint directory to resume from.", None)
 

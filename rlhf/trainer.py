@@ -201,7 +201,7 @@ class GRPOTrainer:
         r = b.rollout
         return self.policy(
             r.prompt_ids, r.prompt_mask, r.completion_ids, r.completion_mask, self.cfg.rollout.temperature,
-            with_entropy,
+            with_entropy, group_size=self.cfg.rollout.num_generations,
         ), b
 
     @torch.no_grad()

@@ -69,3 +69,13 @@ def test_resolved_config_round_trips(tmp_path):
 def test_missing_recipe_file():
     with pytest.raises(ConfigError, match="not found"):
         load_config("recipes/nope.yaml")
+
+
+def test_config_reference_is_current():
+    from pathlib import Path
+
+    from rlhf.config_reference import render
+
+    doc = Path(__file__).resolve().parents[1] / "docs" / "CONFIG.md"
+    assert doc.read_text() == render(), "docs/CONFIG.md is stale: run `python -m rlhf.config_reference > docs/CONFIG.md`"
+    assert "`rollout.num_generations`" in doc.read_text() and "arXiv:2402.03300" in doc.read_text()

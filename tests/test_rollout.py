@@ -113,3 +113,27 @@ def test_stop_strings(policy, tokenizer):
                                SamplingParams(max_new_tokens=20, stop=[stop]))
         assert stop in cut.texts[0] and len(cut.texts[0]) <= len(text)
         assert not cut.truncated[0]
+
+
+def test_shared_prompt_forward_equals_plain_forward_and_gradients(policy, tokenizer):
+    ids, mask = _prompts(tokenizer, ["one prompt", "another, longer prompt here"])
+    torch.manual_seed(3)
+    out = generate_batched(policy.get_base_model(), tokenizer, ids, mask, 3, SamplingParams(max_new_tokens=7))
+    pol = Policy(policy)
+    args = (out.prompt_ids, out.prompt_mask, out.completion_ids, out.completion_mask, 0.9)
+    weights = torch.randn(out.completion_ids.shape)
+    grads = []
+    for group_size in (1, 3):
+        assert pol._shares_prompts(out.prompt_ids, out.prompt_mask, group_size) == (group_size == 3)
+        policy.zero_grad()
+        lp = pol(*args, group_size=group_size).logprobs
+        (lp * weights).sum().backward()
+        grads.append({n: p.grad.clone() for n, p in policy.named_parameters() if p.requires_grad})
+        if group_size == 1:
+            plain = lp.detach()
+        else:
+            torch.testing.assert_close(lp.detach(), plain, atol=1e-5, rtol=1e-5)
+    for n in grads[0]:
+        torch.testing.assert_close(grads[0][n], grads[1][n], atol=2e-4, rtol=1e-3)  # summation order only
+    # rows whose prompts differ inside a "group" fall back to the plain path
+    assert not pol._shares_prompts(out.prompt_ids[2:6], out.prompt_mask[2:6], 2)
