@@ -20,6 +20,8 @@ def make_accelerator(gradient_accumulation_steps: int = 1, log_with: list[str] |
     if launched and not torch.cuda.is_available():
         handlers.append(InitProcessGroupKwargs(backend="gloo", timeout=timedelta(minutes=30)))
     return Accelerator(
+        # on CPU, `cpu=True` is what makes accelerate treat launched processes as one gloo group (MULTI_CPU)
+        cpu=launched and not torch.cuda.is_available(),
         gradient_accumulation_steps=gradient_accumulation_steps,
         kwargs_handlers=handlers,
         log_with=log_with or None,
