@@ -70,3 +70,40 @@ def test_recipe_runs_two_steps(recipe, tiny_model_dir, tmp_path, gsm8k_file):
     assert saved and all(torch.isfinite(t).all() for t in saved.values())
     assert (out / "config.yaml").is_file() and (out / "samples.jsonl").is_file()
     assert (out / "checkpoints" / "step-000002" / "COMPLETE").is_file()
+
+
+def test_all_update_branches(tiny_model_dir, tmp_path, gsm8k_file):
+    """KL to the reference, mu = 2 passes over 2 minibatches, gradient accumulation, gradient
+    checkpointing, batch-level std, Dr. GRPO aggregation: the run is finite and the adapter moves."""
+    recipe = REPO / "recipes" / "grpo_arithmetic_smollm2.yaml"
+    over = _tiny_overrides(recipe, tiny_model_dir, tmp_path / "run", gsm8k_file) + [
+        "algorithm.beta=0.1", "algorithm.kl_estimator=k3", "algorithm.num_iterations=2", "algorithm.num_minibatches=2",
+        "model.gradient_checkpointing=true", "algorithm.std_level=batch",
+        "algorithm.loss_agg=seq-mean-token-sum-norm", "algorithm.clip_high=0.28", "train.micro_batch_size=2",
+        "optim.schedule=cosine", "optim.warmup_steps=1", "eval.every=0", "rollout.top_k=50", "rollout.top_p=0.9",
+    ]
+    cfg = load_config(recipe, over)
+    trainer = GRPOTrainer(cfg)
+    trainer.train()
+    rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    for r in rows:
+        assert r["optim/updates"] == 4  # 2 passes x 2 minibatches
+        assert r["loss/kl"] is not None and r["loss/kl"] >= 0
+        assert torch.isfinite(torch.tensor(r["loss/policy"]))
+    assert rows[-1]["policy/approx_kl"] > 0  # the second pass sees a moved policy
+
+
+def test_mask_truncated_leaves_truncated_rows_out_of_the_loss(tiny_model_dir, tmp_path, gsm8k_file):
+    # a random tiny model never emits EOS within 6 tokens: every completion is truncated, so nothing may train
+    recipe = REPO / "recipes" / "grpo_arithmetic_smollm2.yaml"
+    over = _tiny_overrides(recipe, tiny_model_dir, tmp_path / "run", gsm8k_file) + [
+        "rollout.mask_truncated=true", "eval.every=0", "train.max_steps=1",
+    ]
+    trainer = GRPOTrainer(load_config(recipe, over))
+    before = {n: p.detach().clone() for n, p in trainer.peft_model.named_parameters() if "lora_" in n}
+    trainer.train()
+    row = json.loads((tmp_path / "run" / "metrics.jsonl").read_text().splitlines()[-1])
+    assert row["completion/clipped_frac"] == 1.0 and row["loss/policy"] == 0.0
+    for n, p in trainer.peft_model.named_parameters():
+        if n in before:
+            assert torch.equal(p, before[n]), n
