@@ -26,7 +26,9 @@ def group_advantages(scores: Tensor, group_size: int, scale_by_std: bool = True,
     return centred.reshape(-1)
 
 
-def batch_std_advantages(scores: Tensor, group_size: int, std: Tensor | float | None = None, eps: float = 1e-4) -> Tensor:
+def batch_std_advantages(
+    scores: Tensor, group_size: int, std: Tensor | float | None = None, eps: float = 1e-4
+) -> Tensor:
     """Group-mean baseline divided by the std of the whole batch (unbiased) instead of each group's, so near-ties in
     one group are not inflated to unit scale. `std` overrides the batch std (e.g. the std over all ranks).
 

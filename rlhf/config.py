@@ -118,7 +118,9 @@ class RewardSpec:
 
     fn: str = doc("Import path `pkg.module:name` or `path/to/file.py:name` (a function or a class).", "")
     weight: float = doc("Weight in the sum of rewards.", 1.0)
-    kwargs: dict[str, Any] = doc("Keyword arguments: passed to every call (function) or to the constructor (class).", factory=dict)
+    kwargs: dict[str, Any] = doc(
+        "Keyword arguments: passed to every call (function) or to the constructor (class).", factory=dict
+    )
     on_error: Literal["raise", "zero"] = doc(
         "When the function raises or times out: stop the run with the row and exception, or score 0 and count it "
         "in `reward/<name>/errors`.",
@@ -178,6 +180,11 @@ class TrainConfig:
     )
     save_every: int = doc("Save a checkpoint every N steps (and at the end); 0 = only at the end.", 0)
     resume_from: str | None = doc("`latest` or a checkpoint directory to resume from.", None)
+    keep_last: int = doc("Checkpoints kept on disk (older ones are deleted once a newer one is complete).", 2)
+    max_bad_steps: int = doc(
+        "Steps in a row whose loss or gradient is not finite (each skipped, weights untouched) before the run stops.",
+        3,
+    )
 
 
 @dataclass
@@ -197,7 +204,9 @@ class LoggingConfig:
     """What a person sees."""
 
     every: int = doc("Console line every N steps.", 1)
-    report_to: list[str] = doc("Trackers through accelerate: tensorboard, wandb, trackio, mlflow.", factory=lambda: ["tensorboard"])
+    report_to: list[str] = doc(
+        "Trackers through accelerate: tensorboard, wandb, trackio, mlflow.", factory=lambda: ["tensorboard"]
+    )
     samples_every: int = doc("Print and save a few sample completions every N steps; 0 = off.", 10)
     progress_bar: bool = doc("Show a progress bar.", True)
 
@@ -354,7 +363,9 @@ def load_config(recipe: str | Path | None, overrides: list[str] | None = None) -
     if recipe is not None:
         path = Path(recipe)
         if not path.is_file():
-            raise ConfigError(f"recipe `{recipe}` not found (give a YAML file, e.g. recipes/grpo_arithmetic_smollm2.yaml)")
+            raise ConfigError(
+                f"recipe `{recipe}` not found (give a YAML file, e.g. recipes/grpo_arithmetic_smollm2.yaml)"
+            )
         try:
             tree = yaml.safe_load(path.read_text()) or {}
         except yaml.YAMLError as e:
@@ -376,7 +387,10 @@ def validate(cfg: Config) -> None:
             raise ConfigError(msg)
 
     r, t, a, o = cfg.rollout, cfg.train, cfg.algorithm, cfg.optim
-    need(r.num_generations >= 2 or a.name != "grpo", "rollout.num_generations must be >= 2 for GRPO (a group of one has no baseline)")
+    need(
+        r.num_generations >= 2 or a.name != "grpo",
+        "rollout.num_generations must be >= 2 for GRPO (a group of one has no baseline)",
+    )
     need(r.max_new_tokens >= 1, "rollout.max_new_tokens must be >= 1")
     need(r.temperature > 0, "rollout.temperature must be > 0 (use eval for greedy decoding)")
     need(0 < r.top_p <= 1, "rollout.top_p must be in (0, 1]")
@@ -386,6 +400,8 @@ def validate(cfg: Config) -> None:
     need(t.prompts_per_step >= 1, "train.prompts_per_step must be >= 1")
     need(t.micro_batch_size >= 1, "train.micro_batch_size must be >= 1")
     need(t.save_every >= 0, "train.save_every must be >= 0")
+    need(t.keep_last >= 1, "train.keep_last must be >= 1")
+    need(t.max_bad_steps >= 1, "train.max_bad_steps must be >= 1")
     need(a.beta >= 0, "algorithm.beta must be >= 0")
     need(0 <= a.clip_low < 1, "algorithm.clip_low must be in [0, 1)")
     need(a.clip_high >= 0, "algorithm.clip_high must be >= 0")
@@ -400,7 +416,10 @@ def validate(cfg: Config) -> None:
     need(cfg.eval.batch_size >= 1, "eval.batch_size must be >= 1")
     need(len(cfg.rewards) >= 1, "rewards: give at least one reward function")
     for i, spec in enumerate(cfg.rewards):
-        need(":" in spec.fn, f"rewards[{i}].fn = {spec.fn!r}: write it as `package.module:function` or `file.py:function`")
+        need(
+            ":" in spec.fn,
+            f"rewards[{i}].fn = {spec.fn!r}: write it as `package.module:function` or `file.py:function`",
+        )
         need(spec.timeout > 0, f"rewards[{i}].timeout must be > 0 seconds")
     bad_ops = set(cfg.data.arithmetic.operators) - {"+", "-", "*"}
     need(not bad_ops, f"data.arithmetic.operators: {sorted(bad_ops)} not supported; use any of + - *")

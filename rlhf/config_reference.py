@@ -1,6 +1,6 @@
 """Render docs/CONFIG.md from the config dataclasses, so the reference cannot drift from the code.
 
-    python -m rlhf.config_reference > docs/CONFIG.md
+python -m rlhf.config_reference > docs/CONFIG.md
 """
 
 from __future__ import annotations

@@ -33,13 +33,24 @@ def arithmetic_problems(
     """Disjoint train and eval problems drawn without replacement from every (a, op, b) in range, seeded.
 
     Rows: {"prompt": question text, "answer": the result as a string, "a", "op", "b"}."""
-    space = [(a, op, b) for op in operators for a in range(min_operand, max_operand + 1) for b in range(min_operand, max_operand + 1)]
+    space = [
+        (a, op, b)
+        for op in operators
+        for a in range(min_operand, max_operand + 1)
+        for b in range(min_operand, max_operand + 1)
+    ]
     random.Random(seed).shuffle(space)
     if num_train + num_eval > len(space):
         raise DataError(f"arithmetic task has only {len(space)} distinct problems; ask for fewer")
 
     def row(a: int, op: str, b: int) -> dict:
-        return {"prompt": template.format(a=a, op=op, b=b), "answer": str(OPERATORS[op](a, b)), "a": a, "op": op, "b": b}
+        return {
+            "prompt": template.format(a=a, op=op, b=b),
+            "answer": str(OPERATORS[op](a, b)),
+            "a": a,
+            "op": op,
+            "b": b,
+        }
 
     eval_rows = [row(*p) for p in space[:num_eval]]
     train_rows = [row(*p) for p in space[num_eval : num_eval + num_train]]
@@ -142,7 +153,9 @@ def build_prompt_set(
         texts.append(messages[-1]["content"])
         kept.append(row)
     if dropped:
-        log.warning("dropped %d of %d prompts longer than data.max_prompt_tokens=%d", dropped, len(rows), max_prompt_tokens)
+        log.warning(
+            "dropped %d of %d prompts longer than data.max_prompt_tokens=%d", dropped, len(rows), max_prompt_tokens
+        )
     if not kept:
         raise DataError(f"every prompt is longer than data.max_prompt_tokens={max_prompt_tokens}; raise it")
     columns = {k: [r.get(k) for r in kept] for k in kept[0] if k != prompt_column}

@@ -9,7 +9,9 @@ import torch
 from torch import Tensor
 
 
-def make_accelerator(gradient_accumulation_steps: int = 1, log_with: list[str] | None = None, project_dir: str | None = None):
+def make_accelerator(
+    gradient_accumulation_steps: int = 1, log_with: list[str] | None = None, project_dir: str | None = None
+):
     """An Accelerator that also works on machines without CUDA: there the process group must be gloo, or accelerate
     sees one process and DeepSpeed's batch-size check fails."""
     from accelerate import Accelerator

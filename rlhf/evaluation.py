@@ -43,7 +43,9 @@ def greedy_eval(
         correct += ok.sum().item()
         reward_sum += total.sum().item()
         for i, text in enumerate(out.texts):
-            rows.append({"prompt": part.texts[i], "completion": text, "reward": total[i].item(), "correct": bool(ok[i])})
+            rows.append(
+                {"prompt": part.texts[i], "completion": text, "reward": total[i].item(), "correct": bool(ok[i])}
+            )
     n = len(prompts)
     if accelerator is not None:
         correct, reward_sum = all_sum(accelerator, correct).item(), all_sum(accelerator, reward_sum).item()

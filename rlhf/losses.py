@@ -34,7 +34,11 @@ def masked_mean(x: Tensor, mask: Tensor, dim: int | None = None) -> Tensor:
 
 
 def aggregate(
-    per_token: Tensor, mask: Tensor, agg: str = "token-mean", num_tokens: float | None = None, max_len: int | None = None,
+    per_token: Tensor,
+    mask: Tensor,
+    agg: str = "token-mean",
+    num_tokens: float | None = None,
+    max_len: int | None = None,
     num_seqs: float | None = None,
 ) -> Tensor:
     """Reduce a [B, T] per-token loss to a scalar.
@@ -73,7 +77,8 @@ def clipped_pg_loss(
 ) -> tuple[Tensor, dict[str, Tensor]]:
     """PPO's clipped surrogate (Schulman et al. 2017), with DAPO's separate low/high clip (arXiv:2503.14476).
 
-    ratio = exp(logprobs - old_logprobs);  per-token loss = -min(ratio * A, clip(ratio, 1 - clip_low, 1 + clip_high) * A).
+    ratio = exp(logprobs - old_logprobs)
+    per-token loss = -min(ratio * A, clip(ratio, 1 - clip_low, 1 + clip_high) * A)
     logprobs, old_logprobs, advantages, mask: [B, T] (broadcast a sequence advantage to its tokens yourself).
     Returns (scalar loss, {"clipfrac", "approx_kl", "ratio_mean"} detached scalars over masked tokens).
     """

@@ -1,6 +1,6 @@
 """Fold a trained LoRA adapter into its base model: a standalone HF directory that `from_pretrained` loads.
 
-    python -m rlhf.merge --adapter runs/demo/adapter --out runs/demo/merged [--model smollm2-135m-instruct]
+python -m rlhf.merge --adapter runs/demo/adapter --out runs/demo/merged [--model smollm2-135m-instruct]
 """
 
 from __future__ import annotations

@@ -116,7 +116,9 @@ class RewardFunction:
             out = out.tolist()
         if not isinstance(out, (list, tuple)) or len(out) != n:
             got = f"{len(out)} values" if isinstance(out, (list, tuple)) else type(out).__name__
-            raise RewardError(f"reward function {self.name!r} returned {got} for {n} completions; return one per completion")
+            raise RewardError(
+                f"reward function {self.name!r} returned {got} for {n} completions; return one per completion"
+            )
         checked = []
         for i, v in enumerate(out):
             if v is None:
@@ -140,7 +142,7 @@ def build_reward_functions(specs: list) -> list[RewardFunction]:
             fn = obj(**kwargs)
             default_name = obj.__name__
         else:
-            fn = (lambda f, kw: (lambda p, c, **cols: f(p, c, **{**cols, **kw})))(obj, kwargs) if kwargs else obj
+            fn = (lambda f, kw: lambda p, c, **cols: f(p, c, **{**cols, **kw}))(obj, kwargs) if kwargs else obj
             default_name = getattr(obj, "__name__", spec.fn)
         out.append(RewardFunction(fn, spec.name or default_name, spec.weight, spec.on_error, spec.timeout))
     names = [r.name for r in out]
@@ -162,4 +164,3 @@ def score(
         per_fn[rf.name] = t
         total += rf.weight * torch.nan_to_num(t, nan=0.0)
     return total, per_fn
-

@@ -62,7 +62,9 @@ class MetricsWriter:
             with self.path.open("a") as f:
                 f.write(json.dumps(row) + "\n")
         if self.accelerator is not None and self.accelerator.trackers:
-            self.accelerator.log({k: v for k, v in row.items() if isinstance(v, (int, float)) and k != "step"}, step=step)
+            self.accelerator.log(
+                {k: v for k, v in row.items() if isinstance(v, (int, float)) and k != "step"}, step=step
+            )
 
     def samples(self, rows: list[dict], step: int) -> None:
         if not self.is_main:

@@ -11,6 +11,8 @@ from __future__ import annotations
 import logging
 import math
 import random
+import signal
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -101,11 +103,18 @@ class StepBatch:
     def rows(self, idx: slice) -> StepBatch:
         r = self.rollout
         sub = Rollout(
-            r.prompt_ids[idx], r.prompt_mask[idx], r.completion_ids[idx], r.completion_mask[idx], r.logprobs[idx],
-            r.truncated[idx], r.texts[idx],
+            r.prompt_ids[idx],
+            r.prompt_mask[idx],
+            r.completion_ids[idx],
+            r.completion_mask[idx],
+            r.logprobs[idx],
+            r.truncated[idx],
+            r.texts[idx],
         )
-        pick = (lambda t: None if t is None else t[idx])
-        return StepBatch(sub, self.advantages[idx], self.loss_mask[idx], pick(self.old_logprobs), pick(self.ref_logprobs))
+        pick = lambda t: None if t is None else t[idx]
+        return StepBatch(
+            sub, self.advantages[idx], self.loss_mask[idx], pick(self.old_logprobs), pick(self.ref_logprobs)
+        )
 
     def trimmed(self) -> StepBatch:
         """Drop columns that are padding in every row (a micro-batch is often much shorter than the longest row)."""
@@ -114,11 +123,18 @@ class StepBatch:
         first = int(keep_p[0]) if len(keep_p) else 0
         width = int(r.completion_mask.sum(-1).max().item()) or 1
         sub = Rollout(
-            r.prompt_ids[:, first:], r.prompt_mask[:, first:], r.completion_ids[:, :width],
-            r.completion_mask[:, :width], r.logprobs[:, :width], r.truncated, r.texts,
+            r.prompt_ids[:, first:],
+            r.prompt_mask[:, first:],
+            r.completion_ids[:, :width],
+            r.completion_mask[:, :width],
+            r.logprobs[:, :width],
+            r.truncated,
+            r.texts,
         )
-        cut = (lambda t: None if t is None else t[:, :width])
-        return StepBatch(sub, self.advantages, self.loss_mask[:, :width], cut(self.old_logprobs), cut(self.ref_logprobs))
+        cut = lambda t: None if t is None else t[:, :width]
+        return StepBatch(
+            sub, self.advantages, self.loss_mask[:, :width], cut(self.old_logprobs), cut(self.ref_logprobs)
+        )
 
 
 class GRPOTrainer:
@@ -148,15 +164,24 @@ class GRPOTrainer:
         self.sampler = PromptSampler(len(self.train_set), cfg.seed, cfg.data.shuffle)
 
         model = load_policy(
-            m.path, m.dtype, m.lora.r, m.lora.alpha, m.lora.dropout, m.lora.target_modules,
-            m.gradient_checkpointing, m.trust_remote_code,
+            m.path,
+            m.dtype,
+            m.lora.r,
+            m.lora.alpha,
+            m.lora.dropout,
+            m.lora.target_modules,
+            m.gradient_checkpointing,
+            m.trust_remote_code,
         )
         n_train, n_all = count_parameters(model)
         log.info("policy %s: %.2fM trainable of %.1fM parameters", m.path, n_train / 1e6, n_all / 1e6)
         self.peft_model = model
         o = cfg.optim
         optimizer = torch.optim.AdamW(
-            [p for p in model.parameters() if p.requires_grad], lr=o.lr, betas=tuple(o.betas), eps=o.eps,
+            [p for p in model.parameters() if p.requires_grad],
+            lr=o.lr,
+            betas=tuple(o.betas),
+            eps=o.eps,
             weight_decay=o.weight_decay,
         )
         total_updates = t.max_steps * cfg.algorithm.num_iterations * cfg.algorithm.num_minibatches
@@ -200,8 +225,13 @@ class GRPOTrainer:
         b = batch.trimmed()
         r = b.rollout
         return self.policy(
-            r.prompt_ids, r.prompt_mask, r.completion_ids, r.completion_mask, self.cfg.rollout.temperature,
-            with_entropy, group_size=self.cfg.rollout.num_generations,
+            r.prompt_ids,
+            r.prompt_mask,
+            r.completion_ids,
+            r.completion_mask,
+            self.cfg.rollout.temperature,
+            with_entropy,
+            group_size=self.cfg.rollout.num_generations,
         ), b
 
     @torch.no_grad()
@@ -228,6 +258,8 @@ class GRPOTrainer:
         eval_tokens = cfg.eval.max_new_tokens or r.max_new_tokens
         last_metrics: dict = {}
         bar = _progress(t.max_steps, self.start_step, cfg.logging.progress_bar and self.is_main)
+        bad_steps = 0
+        stop = StopRequest()
 
         try:
             if self.eval_set is not None and self.start_step == 0:
@@ -246,7 +278,9 @@ class GRPOTrainer:
                 roll, ps = self.rollout(prompt_idx)
                 metrics["time/rollout"] = time.perf_counter() - t0
                 gen_tokens = all_sum(acc, roll.completion_mask.sum()).item()
-                metrics["throughput/gen_tokens_per_s"] = gen_tokens / max(metrics["time/rollout"], 1e-9) / acc.num_processes
+                metrics["throughput/gen_tokens_per_s"] = (
+                    gen_tokens / max(metrics["time/rollout"], 1e-9) / acc.num_processes
+                )
 
                 # 3. rewards
                 t0 = time.perf_counter()
@@ -276,6 +310,13 @@ class GRPOTrainer:
                 # 6. update
                 t0 = time.perf_counter()
                 metrics.update(self.update(batch))
+                bad_steps = bad_steps + 1 if metrics["optim/skipped_steps"] else 0
+                if bad_steps >= t.max_bad_steps:
+                    raise FloatingPointError(
+                        f"{bad_steps} steps in a row had a non-finite loss or gradient (skipped, weights untouched); "
+                        "lower optim.lr, set optim.max_grad_norm, or check the rewards. The last checkpoint under "
+                        f"{self.out / 'checkpoints'} is intact"
+                    )
                 metrics["time/train"] = time.perf_counter() - t0
 
                 # 7. log, evaluate, checkpoint
@@ -294,7 +335,12 @@ class GRPOTrainer:
                     bar.set_postfix(reward=f"{metrics['reward/mean']:.3f}", kl=f"{metrics['policy/approx_kl']:.1e}")
                 if t.save_every and step % t.save_every == 0 and step != t.max_steps:
                     self.save(step)
+                if all_sum(acc, float(stop.requested)).item() > 0:
+                    log.warning("stop requested (%s): saving a checkpoint at step %d and exiting", stop.name, step)
+                    self.save(step)
+                    return last_metrics
         finally:
+            stop.restore()
             if bar:
                 bar.close()  # so an error message starts on a line of its own
         self.save(t.max_steps)
@@ -309,8 +355,15 @@ class GRPOTrainer:
         B = len(batch.advantages)
         per_mb = B // a.num_minibatches
         mb_size = cfg.train.micro_batch_size
-        sums = {"loss/policy": 0.0, "loss/kl": 0.0, "policy/clipfrac": 0.0, "policy/approx_kl": 0.0, "policy/entropy": 0.0}
+        sums = {
+            "loss/policy": 0.0,
+            "loss/kl": 0.0,
+            "policy/clipfrac": 0.0,
+            "policy/approx_kl": 0.0,
+            "policy/entropy": 0.0,
+        }
         logprob_gap, grad_norms, n_updates, token_total = 0.0, [], 0, 0.0
+        bad_micro, skipped = 0, 0  # non-finite micro-batch losses in the current minibatch; skipped optimizer steps
         self.policy.train()
         for _ in range(a.num_iterations):
             for m in range(a.num_minibatches):
@@ -328,32 +381,49 @@ class GRPOTrainer:
                         old = lp.detach() if mb.old_logprobs is None else mb.old_logprobs
                         adv = mb.advantages[:, None].expand_as(lp)
                         loss, pg = clipped_pg_loss(
-                            lp, old, adv, mb.loss_mask, a.clip_low, a.clip_high, a.loss_agg,
-                            num_tokens=n_tokens, max_len=cfg.rollout.max_new_tokens, num_seqs=n_seqs,
+                            lp,
+                            old,
+                            adv,
+                            mb.loss_mask,
+                            a.clip_low,
+                            a.clip_high,
+                            a.loss_agg,
+                            num_tokens=n_tokens,
+                            max_len=cfg.rollout.max_new_tokens,
+                            num_seqs=n_seqs,
                         )
                         kl_loss = torch.zeros(())
                         if mb.ref_logprobs is not None:
                             kl = kl_penalty(lp, mb.ref_logprobs, a.kl_estimator)
-                            kl_loss = aggregate(kl, mb.loss_mask, a.loss_agg, n_tokens, cfg.rollout.max_new_tokens, n_seqs)
+                            kl_loss = aggregate(
+                                kl, mb.loss_mask, a.loss_agg, n_tokens, cfg.rollout.max_new_tokens, n_seqs
+                            )
                         total = loss + a.beta * kl_loss
                         if not torch.isfinite(total):
-                            raise FloatingPointError(
-                                f"non-finite loss ({total.item()}) at step; lower optim.lr or check the rewards"
-                            )
+                            # keep every rank's backward in lockstep with a zero loss still attached to the graph;
+                            # the optimizer step of this minibatch is skipped below
+                            bad_micro += 1
+                            total = lp.sum() * 0.0
                         acc.backward(total * scale)
                         if acc.sync_gradients:
+                            gn = torch.tensor(0.0)
                             if cfg.optim.max_grad_norm > 0:
                                 gn = acc.clip_grad_norm_(self.policy.parameters(), cfg.optim.max_grad_norm)
-                                grad_norms.append(float(gn))
-                            n_updates += 1
-                        self.optimizer.step()
-                        if acc.sync_gradients:
-                            self.scheduler.step()
-                        self.optimizer.zero_grad()
+                            bad = all_sum(acc, bad_micro).item() > 0 or not torch.isfinite(torch.as_tensor(gn))
+                            if bad:
+                                skipped += 1
+                            else:
+                                if cfg.optim.max_grad_norm > 0:
+                                    grad_norms.append(float(gn))
+                                self.optimizer.step()
+                                self.scheduler.step()
+                                n_updates += 1
+                            self.optimizer.zero_grad()
+                            bad_micro = 0
                     w = mb.loss_mask.sum().item()
                     token_total += w
-                    sums["loss/policy"] += loss.item()
-                    sums["loss/kl"] += kl_loss.item()
+                    sums["loss/policy"] += torch.nan_to_num(loss.detach(), nan=0.0).item()
+                    sums["loss/kl"] += torch.nan_to_num(kl_loss.detach(), nan=0.0).item()
                     for key, name in (("clipfrac", "policy/clipfrac"), ("approx_kl", "policy/approx_kl")):
                         sums[name] += pg[key].item() * w
                     sums["policy/entropy"] += masked_mean(out.entropy, mb.loss_mask).item() * w
@@ -369,6 +439,7 @@ class GRPOTrainer:
             "policy/rollout_logprob_gap": all_sum(acc, logprob_gap).item() / tokens,
             "optim/lr": self.scheduler.get_last_lr()[0],
             "optim/updates": n_updates,
+            "optim/skipped_steps": skipped,
         }
         if grad_norms:
             metrics["optim/grad_norm"] = sum(grad_norms) / len(grad_norms)
@@ -400,14 +471,25 @@ class GRPOTrainer:
         self.policy.eval()
         with merged_adapter(self.peft_model, self.cfg.rollout.merge_adapter):
             metrics, _ = greedy_eval(
-                self.generation_model, self.tokenizer, self.eval_set, self.reward_fns, max_new_tokens,
-                e.batch_size, e.success_threshold, self.accelerator,
+                self.generation_model,
+                self.tokenizer,
+                self.eval_set,
+                self.reward_fns,
+                max_new_tokens,
+                e.batch_size,
+                e.success_threshold,
+                self.accelerator,
             )
         if step is not None:
             self.writer.log(metrics, step)
             if self.is_main:
-                log.info("step %d eval accuracy %.3f (%d prompts, %.1fs)", step, metrics["eval/accuracy"],
-                         metrics["eval/num_samples"], metrics["time/eval"])
+                log.info(
+                    "step %d eval accuracy %.3f (%d prompts, %.1fs)",
+                    step,
+                    metrics["eval/accuracy"],
+                    metrics["eval/num_samples"],
+                    metrics["time/eval"],
+                )
         return metrics
 
     def log_samples(self, prompts: list[str], roll: Rollout, rewards: Tensor, step: int, n: int = 4) -> None:
@@ -420,7 +502,14 @@ class GRPOTrainer:
     def save(self, step: int) -> None:
         state = {"sampler": self.sampler.state_dict(), "version": __version__}
         path = save_checkpoint(
-            self.out / "checkpoints", step, self.accelerator, self.peft_model, self.optimizer, self.scheduler, state
+            self.out / "checkpoints",
+            step,
+            self.accelerator,
+            self.peft_model,
+            self.optimizer,
+            self.scheduler,
+            state,
+            keep_last=self.cfg.train.keep_last,
         )
         if self.is_main:
             log.info("checkpoint saved to %s", path)
@@ -431,6 +520,26 @@ class GRPOTrainer:
             self.tokenizer.save_pretrained(self.out / "adapter")
             log.info("adapter saved to %s", self.out / "adapter")
         self.accelerator.wait_for_everyone()
+
+
+class StopRequest:
+    """SIGTERM (pre-emption) or Ctrl-C: finish the current step, save a checkpoint, exit cleanly."""
+
+    def __init__(self):
+        self.requested, self.name, self._old = False, "", {}
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                self._old[sig] = signal.signal(sig, self._handle)
+
+    def _handle(self, signum, frame) -> None:
+        if self.requested and signum == signal.SIGINT:
+            raise KeyboardInterrupt  # a second Ctrl-C means now
+        self.requested, self.name = True, signal.Signals(signum).name
+
+    def restore(self) -> None:
+        for sig, handler in self._old.items():
+            signal.signal(sig, handler)
+        self._old = {}
 
 
 def _progress(total: int, start: int, enabled: bool):

@@ -15,7 +15,10 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 RECIPE = REPO / "recipes" / "grpo_arithmetic_smollm2.yaml"
-REWORDED = {"+": "What is the sum of {a} and {b}? Give just the number.", "any": "What is {a} {op} {b}? Answer with just the number."}
+REWORDED = {
+    "+": "What is the sum of {a} and {b}? Give just the number.",
+    "any": "What is {a} {op} {b}? Answer with just the number.",
+}
 
 
 def main(overrides: list[str]) -> int:

@@ -10,8 +10,9 @@ RECIPE = str(REPO / "recipes" / "grpo_arithmetic_smollm2.yaml")
 
 
 def run_cli(*args: str, cwd: Path = REPO) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "rlhf.train", *args], cwd=cwd, capture_output=True, text=True,
-                          timeout=300)
+    return subprocess.run(
+        [sys.executable, "-m", "rlhf.train", *args], cwd=cwd, capture_output=True, text=True, timeout=300
+    )
 
 
 def _error_line(proc: subprocess.CompletedProcess) -> str:
@@ -31,18 +32,33 @@ def test_unknown_key(tmp_path):
 def test_missing_column(tmp_path, tiny_model_dir):
     data = tmp_path / "d.jsonl"
     data.write_text(json.dumps({"question": "1+1?", "answer": "2"}) + "\n")
-    line = _error_line(run_cli(RECIPE, f"model.path={tiny_model_dir}", f"data.path={data}", "eval.every=0",
-                               f"output_dir={tmp_path / 'out'}"))
+    line = _error_line(
+        run_cli(
+            RECIPE,
+            f"model.path={tiny_model_dir}",
+            f"data.path={data}",
+            "eval.every=0",
+            f"output_dir={tmp_path / 'out'}",
+        )
+    )
     assert "prompt column 'prompt' not in the dataset (columns: answer, question); set data.prompt_column" in line
 
 
 def test_raising_reward_function(tmp_path, tiny_model_dir):
     fixtures = REPO / "tests" / "reward_fixtures.py"
-    line = _error_line(run_cli(
-        RECIPE, f"model.path={tiny_model_dir}", "model.dtype=float32", "eval.every=0", "train.max_steps=1",
-        "rollout.max_new_tokens=4", "logging.report_to=[]", f"output_dir={tmp_path / 'out'}",
-        f"rewards=[{{fn: '{fixtures}:raising_reward'}}]",
-    ))
+    line = _error_line(
+        run_cli(
+            RECIPE,
+            f"model.path={tiny_model_dir}",
+            "model.dtype=float32",
+            "eval.every=0",
+            "train.max_steps=1",
+            "rollout.max_new_tokens=4",
+            "logging.report_to=[]",
+            f"output_dir={tmp_path / 'out'}",
+            f"rewards=[{{fn: '{fixtures}:raising_reward'}}]",
+        )
+    )
     assert "reward function 'raising_reward' failed on row 0" in line and "ValueError: boom" in line
     assert "on_error: zero" in line
 

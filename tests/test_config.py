@@ -16,15 +16,26 @@ def test_defaults_and_overrides(tmp_path):
 def test_recipe_keys_of_the_contract():
     cfg = load_config(RECIPE, ["output_dir=/tmp/x", "rollout.num_generations=4", "eval.every=0"])
     assert (cfg.output_dir, cfg.rollout.num_generations, cfg.eval.every) == ("/tmp/x", 4, 0)
-    for key in ("seed", "model.path", "model.lora.r", "rollout.max_new_tokens", "train.prompts_per_step",
-                "train.max_steps", "train.save_every", "train.resume_from", "algorithm.beta"):
+    for key in (
+        "seed",
+        "model.path",
+        "model.lora.r",
+        "rollout.max_new_tokens",
+        "train.prompts_per_step",
+        "train.max_steps",
+        "train.save_every",
+        "train.resume_from",
+        "algorithm.beta",
+    ):
         node = cfg
         for part in key.split("."):
             node = getattr(node, part)
 
 
 def test_unknown_key_names_nearest():
-    with pytest.raises(ConfigError, match=r"unknown key `rollout.num_generation`: did you mean `rollout.num_generations`"):
+    with pytest.raises(
+        ConfigError, match=r"unknown key `rollout.num_generation`: did you mean `rollout.num_generations`"
+    ):
         load_config(RECIPE, ["rollout.num_generation=4"])
     with pytest.raises(ConfigError, match="unknown key `optimizer`"):
         load_config(None, ["optimizer.lr=1"])
@@ -77,5 +88,7 @@ def test_config_reference_is_current():
     from rlhf.config_reference import render
 
     doc = Path(__file__).resolve().parents[1] / "docs" / "CONFIG.md"
-    assert doc.read_text() == render(), "docs/CONFIG.md is stale: run `python -m rlhf.config_reference > docs/CONFIG.md`"
+    assert doc.read_text() == render(), (
+        "docs/CONFIG.md is stale: run `python -m rlhf.config_reference > docs/CONFIG.md`"
+    )
     assert "`rollout.num_generations`" in doc.read_text() and "arXiv:2402.03300" in doc.read_text()

@@ -24,8 +24,13 @@ def test_local_jsonl_text_and_chat_prompts(tmp_path, tokenizer):
     ]
     path.write_text("\n".join(json.dumps(r) for r in rows[:1]))
     loaded = load_rows(str(path))
-    ps = build_prompt_set(loaded, tokenizer, prompt_column="question", system_prompt="Be brief.",
-                          prompt_template="Q: {prompt} (level {level})")
+    ps = build_prompt_set(
+        loaded,
+        tokenizer,
+        prompt_column="question",
+        system_prompt="Be brief.",
+        prompt_template="Q: {prompt} (level {level})",
+    )
     text = tokenizer.decode(ps.prompt_ids[0])
     assert "Be brief." in text and "Q: What is 2+2? (level 1)" in text and text.rstrip().endswith("assistant")
     assert ps.columns == {"answer": ["4"], "level": [1]}

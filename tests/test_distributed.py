@@ -17,11 +17,26 @@ ACCELERATE = shutil.which("accelerate", path=str(Path(__import__("sys").executab
 def test_two_process_run(launcher, tiny_model_dir, tmp_path):
     out = tmp_path / "run"
     cmd = [
-        ACCELERATE, "launch", "--config_file", str(REPO / "recipes" / "accelerate" / f"{launcher}.yaml"),
-        "--num_processes", "2", "-m", "rlhf.train", str(REPO / "recipes" / "grpo_arithmetic_smollm2.yaml"),
-        f"model.path={tiny_model_dir}", "model.dtype=float32", "train.max_steps=2", "rollout.max_new_tokens=6",
-        "rollout.num_generations=4", "train.micro_batch_size=4", "eval.every=2", "eval.num_samples=6",
-        f"output_dir={out}", "logging.report_to=[]", "logging.progress_bar=false",
+        ACCELERATE,
+        "launch",
+        "--config_file",
+        str(REPO / "recipes" / "accelerate" / f"{launcher}.yaml"),
+        "--num_processes",
+        "2",
+        "-m",
+        "rlhf.train",
+        str(REPO / "recipes" / "grpo_arithmetic_smollm2.yaml"),
+        f"model.path={tiny_model_dir}",
+        "model.dtype=float32",
+        "train.max_steps=2",
+        "rollout.max_new_tokens=6",
+        "rollout.num_generations=4",
+        "train.micro_batch_size=4",
+        "eval.every=2",
+        "eval.num_samples=6",
+        f"output_dir={out}",
+        "logging.report_to=[]",
+        "logging.progress_bar=false",
         f"rewards=[{{fn: '{REPO / 'tests' / 'reward_fixtures.py'}:length_reward'}}]",
     ]
     proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=300)

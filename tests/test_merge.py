@@ -14,11 +14,17 @@ def test_merged_model_generates_what_the_adapter_model_generates(tiny_model_dir,
             if "lora_B" in name:
                 p.normal_(0, 0.3)
     policy.save_pretrained(tmp_path / "adapter")
-    assert merge_main(["--adapter", str(tmp_path / "adapter"), "--out", str(tmp_path / "merged"),
-                       "--model", tiny_model_dir]) == 0
+    assert (
+        merge_main(
+            ["--adapter", str(tmp_path / "adapter"), "--out", str(tmp_path / "merged"), "--model", tiny_model_dir]
+        )
+        == 0
+    )
     merged = AutoModelForCausalLM.from_pretrained(tmp_path / "merged", dtype=torch.float32)
-    ids = [tokenizer.apply_chat_template([{"role": "user", "content": t}], add_generation_prompt=True)
-           for t in ["Compute 12 + 30.", "hello there"]]
+    ids = [
+        tokenizer.apply_chat_template([{"role": "user", "content": t}], add_generation_prompt=True)
+        for t in ["Compute 12 + 30.", "hello there"]
+    ]
     ids = [i["input_ids"] if hasattr(i, "keys") else i for i in ids]
     prompt_ids, mask = left_pad(ids, tokenizer.pad_token_id)
     params = SamplingParams(max_new_tokens=10, greedy=True)

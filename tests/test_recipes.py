@@ -14,16 +14,28 @@ REPO = Path(__file__).resolve().parents[1]
 RECIPES = sorted((REPO / "recipes").glob("*.yaml"))
 FIXTURES = REPO / "tests" / "reward_fixtures.py"
 REQUIRED = [
-    "reward/mean", "loss/policy", "policy/approx_kl", "policy/clipfrac", "policy/entropy", "completion/mean_len",
-    "completion/clipped_frac", "time/rollout", "time/reward", "time/train", "time/step",
-    "throughput/gen_tokens_per_s", "frac_reward_zero_std",
+    "reward/mean",
+    "loss/policy",
+    "policy/approx_kl",
+    "policy/clipfrac",
+    "policy/entropy",
+    "completion/mean_len",
+    "completion/clipped_frac",
+    "time/rollout",
+    "time/reward",
+    "time/train",
+    "time/step",
+    "throughput/gen_tokens_per_s",
+    "frac_reward_zero_std",
 ]
 
 
 @pytest.fixture
 def gsm8k_file(tmp_path):
-    rows = [{"question": f"Tom has {i} apples and buys {i + 1} more. How many?", "answer": f"... #### {2 * i + 1}"}
-            for i in range(12)]
+    rows = [
+        {"question": f"Tom has {i} apples and buys {i + 1} more. How many?", "answer": f"... #### {2 * i + 1}"}
+        for i in range(12)
+    ]
     path = tmp_path / "gsm8k.jsonl"
     path.write_text("\n".join(json.dumps(r) for r in rows))
     return path
@@ -31,10 +43,21 @@ def gsm8k_file(tmp_path):
 
 def _tiny_overrides(recipe: Path, tiny: str, out: Path, gsm8k: Path) -> list[str]:
     over = [
-        f"model.path={tiny}", f"output_dir={out}", "train.max_steps=2", "train.prompts_per_step=2",
-        "train.micro_batch_size=3", "rollout.num_generations=3", "rollout.max_new_tokens=6", "eval.every=1",
-        "eval.num_samples=3", "eval.max_new_tokens=4", "model.dtype=float32", "logging.report_to=[]",
-        "train.save_every=1", "logging.samples_every=1", "optim.warmup_steps=0",
+        f"model.path={tiny}",
+        f"output_dir={out}",
+        "train.max_steps=2",
+        "train.prompts_per_step=2",
+        "train.micro_batch_size=3",
+        "rollout.num_generations=3",
+        "rollout.max_new_tokens=6",
+        "eval.every=1",
+        "eval.num_samples=3",
+        "eval.max_new_tokens=4",
+        "model.dtype=float32",
+        "logging.report_to=[]",
+        "train.save_every=1",
+        "logging.samples_every=1",
+        "optim.warmup_steps=0",
         f"rewards=[{{fn: '{FIXTURES}:length_reward'}}]",
     ]
     cfg = load_config(recipe)
@@ -77,10 +100,20 @@ def test_all_update_branches(tiny_model_dir, tmp_path, gsm8k_file):
     checkpointing, batch-level std, Dr. GRPO aggregation: the run is finite and the adapter moves."""
     recipe = REPO / "recipes" / "grpo_arithmetic_smollm2.yaml"
     over = _tiny_overrides(recipe, tiny_model_dir, tmp_path / "run", gsm8k_file) + [
-        "algorithm.beta=0.1", "algorithm.kl_estimator=k3", "algorithm.num_iterations=2", "algorithm.num_minibatches=2",
-        "model.gradient_checkpointing=true", "algorithm.std_level=batch",
-        "algorithm.loss_agg=seq-mean-token-sum-norm", "algorithm.clip_high=0.28", "train.micro_batch_size=2",
-        "optim.schedule=cosine", "optim.warmup_steps=1", "eval.every=0", "rollout.top_k=50", "rollout.top_p=0.9",
+        "algorithm.beta=0.1",
+        "algorithm.kl_estimator=k3",
+        "algorithm.num_iterations=2",
+        "algorithm.num_minibatches=2",
+        "model.gradient_checkpointing=true",
+        "algorithm.std_level=batch",
+        "algorithm.loss_agg=seq-mean-token-sum-norm",
+        "algorithm.clip_high=0.28",
+        "train.micro_batch_size=2",
+        "optim.schedule=cosine",
+        "optim.warmup_steps=1",
+        "eval.every=0",
+        "rollout.top_k=50",
+        "rollout.top_p=0.9",
     ]
     cfg = load_config(recipe, over)
     trainer = GRPOTrainer(cfg)
@@ -97,7 +130,9 @@ def test_mask_truncated_leaves_truncated_rows_out_of_the_loss(tiny_model_dir, tm
     # a random tiny model never emits EOS within 6 tokens: every completion is truncated, so nothing may train
     recipe = REPO / "recipes" / "grpo_arithmetic_smollm2.yaml"
     over = _tiny_overrides(recipe, tiny_model_dir, tmp_path / "run", gsm8k_file) + [
-        "rollout.mask_truncated=true", "eval.every=0", "train.max_steps=1",
+        "rollout.mask_truncated=true",
+        "eval.every=0",
+        "train.max_steps=1",
     ]
     trainer = GRPOTrainer(load_config(recipe, over))
     before = {n: p.detach().clone() for n, p in trainer.peft_model.named_parameters() if "lora_" in n}

@@ -29,11 +29,13 @@ def test_weighted_sum_none_and_kwargs(tmp_path):
         "class Const:\n    def __init__(self, value):\n        self.value = value\n"
         "    def __call__(self, prompts, completions, **kw):\n        return [self.value] * len(completions)\n"
     )
-    fns = build_reward_functions([
-        RewardSpec(fn=f"{f}:length", weight=0.5, kwargs={"scale": 2.0}),
-        RewardSpec(fn=f"{f}:only_first", weight=3.0),
-        RewardSpec(fn=f"{f}:Const", weight=1.0, kwargs={"value": -1.0}),
-    ])
+    fns = build_reward_functions(
+        [
+            RewardSpec(fn=f"{f}:length", weight=0.5, kwargs={"scale": 2.0}),
+            RewardSpec(fn=f"{f}:only_first", weight=3.0),
+            RewardSpec(fn=f"{f}:Const", weight=1.0, kwargs={"value": -1.0}),
+        ]
+    )
     total, per_fn = score(fns, ["p", "q"], ["ab", "abcd"], {"answer": ["1", "2"]})
     # row 0: 0.5 * (2 * 2) + 3 * 1 - 1 = 4;  row 1: 0.5 * (4 * 2) + (None -> 0) - 1 = 3
     torch.testing.assert_close(total, torch.tensor([4.0, 3.0]))
@@ -41,15 +43,17 @@ def test_weighted_sum_none_and_kwargs(tmp_path):
 
 
 def test_columns_reach_the_function(tmp_path):
-    fns = _fns(tmp_path, "def reward(prompts, completions, answer, level, **kw):\n"
-                         "    return [float(c == a) + l for c, a, l in zip(completions, answer, level)]\n")
+    fns = _fns(
+        tmp_path,
+        "def reward(prompts, completions, answer, level, **kw):\n"
+        "    return [float(c == a) + l for c, a, l in zip(completions, answer, level)]\n",
+    )
     total, _ = score(fns, ["p", "q"], ["1", "3"], {"answer": ["1", "2"], "level": [10, 20]})
     assert total.tolist() == [11.0, 20.0]
 
 
 def test_raising_function_names_function_row_and_exception(tmp_path):
-    body = "def reward(prompts, completions, **kw):\n" \
-           "    return [1.0 / (len(c) - 3) for c in completions]\n"
+    body = "def reward(prompts, completions, **kw):\n    return [1.0 / (len(c) - 3) for c in completions]\n"
     fns = _fns(tmp_path, body)
     with pytest.raises(RewardError, match=r"'reward' failed on row 1 .*ZeroDivisionError.*on_error: zero"):
         score(fns, ["a", "b", "c"], ["xxxxx", "xxx", "xxxxxx"], {})
@@ -59,7 +63,10 @@ def test_raising_function_names_function_row_and_exception(tmp_path):
 
 
 def test_hanging_function_times_out(tmp_path):
-    body = "import time\ndef reward(prompts, completions, **kw):\n    time.sleep(30)\n    return [1.0] * len(completions)\n"
+    body = (
+        "import time\n"
+        "def reward(prompts, completions, **kw):\n    time.sleep(30)\n    return [1.0] * len(completions)\n"
+    )
     fns = _fns(tmp_path, body, timeout=0.5)
     start = time.perf_counter()
     with pytest.raises(RewardError, match="timeout of 0.5s"):
@@ -70,12 +77,15 @@ def test_hanging_function_times_out(tmp_path):
     assert total.tolist() == [0.0, 0.0] and fns[0].errors == 2
 
 
-@pytest.mark.parametrize("ret, msg", [
-    ("[float('nan')] * len(completions)", "must be finite"),
-    ("[1.0]", "returned 1 values for 2 completions"),
-    ("['1'] * len(completions)", "return a float or None"),
-    ("None", "returned NoneType for 2 completions"),
-])
+@pytest.mark.parametrize(
+    "ret, msg",
+    [
+        ("[float('nan')] * len(completions)", "must be finite"),
+        ("[1.0]", "returned 1 values for 2 completions"),
+        ("['1'] * len(completions)", "return a float or None"),
+        ("None", "returned NoneType for 2 completions"),
+    ],
+)
 def test_bad_return_values(tmp_path, ret, msg):
     fns = _fns(tmp_path, f"def reward(prompts, completions, **kw):\n    return {ret}\n", on_error="zero")
     with pytest.raises(RewardError, match=msg):

@@ -27,8 +27,15 @@ def _prompts(tokenizer, texts):
 def test_shapes_masks_and_behaviour_logprobs_match_training_forward(policy, tokenizer):
     ids, mask = _prompts(tokenizer, ["hi", "a much longer prompt than the first one"])
     torch.manual_seed(1)
-    out = generate_batched(policy.get_base_model(), tokenizer, ids, mask, 3,
-                           SamplingParams(max_new_tokens=12, temperature=0.8), batch_size=3)
+    out = generate_batched(
+        policy.get_base_model(),
+        tokenizer,
+        ids,
+        mask,
+        3,
+        SamplingParams(max_new_tokens=12, temperature=0.8),
+        batch_size=3,
+    )
     B, C = out.completion_ids.shape
     assert B == 6 and C <= 12 and len(out.texts) == 6
     # rows of one prompt are consecutive and carry that prompt
@@ -91,7 +98,9 @@ def test_top_k_and_top_p_only_sample_allowed_tokens():
     tokens, logp = sample_next(logits, SamplingParams(top_p=0.7))
     assert set(tokens.tolist()) == {0, 1}
     # log-probs are those of the untruncated temperature-1 distribution
-    torch.testing.assert_close(logp[tokens == 1], torch.full_like(logp[tokens == 1], torch.log(torch.tensor(0.3)).item()))
+    torch.testing.assert_close(
+        logp[tokens == 1], torch.full_like(logp[tokens == 1], torch.log(torch.tensor(0.3)).item())
+    )
     frac0 = (tokens == 0).float().mean().item()
     assert abs(frac0 - 0.5 / 0.8) < 0.05  # renormalised within the nucleus
 
@@ -109,8 +118,9 @@ def test_stop_strings(policy, tokenizer):
     stop = text[3:5] if len(text) >= 5 else None
     if stop and stop.strip():
         torch.manual_seed(0)
-        cut = generate_batched(policy.get_base_model(), tokenizer, ids, mask, 4,
-                               SamplingParams(max_new_tokens=20, stop=[stop]))
+        cut = generate_batched(
+            policy.get_base_model(), tokenizer, ids, mask, 4, SamplingParams(max_new_tokens=20, stop=[stop])
+        )
         assert stop in cut.texts[0] and len(cut.texts[0]) <= len(text)
         assert not cut.truncated[0]
 

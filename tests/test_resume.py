@@ -1,0 +1,139 @@
+"""Exact resume, pre-emption, corrupt checkpoints and non-finite losses."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from rlhf.checkpoint import CheckpointError, list_checkpoints, resolve_resume
+from rlhf.config import load_config
+from rlhf.trainer import GRPOTrainer
+
+REPO = Path(__file__).resolve().parents[1]
+RECIPE = REPO / "recipes" / "grpo_arithmetic_smollm2.yaml"
+FIXTURES = REPO / "tests" / "reward_fixtures.py"
+VOLATILE = ("time/", "throughput/")
+
+
+def _over(tiny: str, out: Path, *extra: str) -> list[str]:
+    return [
+        f"model.path={tiny}",
+        f"output_dir={out}",
+        "model.dtype=float32",
+        "train.prompts_per_step=2",
+        "rollout.num_generations=3",
+        "rollout.max_new_tokens=5",
+        "train.micro_batch_size=3",
+        "eval.every=2",
+        "eval.num_samples=3",
+        "logging.report_to=[]",
+        "logging.progress_bar=false",
+        "logging.samples_every=0",
+        f"rewards=[{{fn: '{FIXTURES}:length_reward'}}]",
+        "optim.lr=1e-2",
+        *extra,
+    ]
+
+
+def _metrics(out: Path) -> list[dict]:
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    return [{k: v for k, v in r.items() if not k.startswith(VOLATILE)} for r in rows]
+
+
+def test_resumed_run_equals_uninterrupted_run(tiny_model_dir, tmp_path):
+    full, part = tmp_path / "full", tmp_path / "part"
+    GRPOTrainer(load_config(RECIPE, _over(tiny_model_dir, full, "train.max_steps=4"))).train()
+    GRPOTrainer(load_config(RECIPE, _over(tiny_model_dir, part, "train.max_steps=2"))).train()
+    GRPOTrainer(
+        load_config(RECIPE, _over(tiny_model_dir, part, "train.max_steps=4", "train.resume_from=latest"))
+    ).train()
+    a, b = _metrics(full), _metrics(part)
+    assert [r["step"] for r in a] == [r["step"] for r in b]
+    for ra, rb in zip(a, b):
+        assert ra.keys() == rb.keys()
+        for k in ra:
+            assert ra[k] == pytest.approx(rb[k], rel=1e-4, abs=1e-6), (ra["step"], k)
+    assert a[-1]["loss/policy"] != 0.0
+
+
+def test_corrupt_checkpoint_is_named_and_latest_falls_back(tiny_model_dir, tmp_path):
+    out = tmp_path / "run"
+    GRPOTrainer(
+        load_config(RECIPE, _over(tiny_model_dir, out, "train.max_steps=2", "train.save_every=1", "eval.every=0"))
+    ).train()
+    ckpts = list_checkpoints(out / "checkpoints")
+    assert [c.name for c in ckpts] == ["step-000001", "step-000002"]
+    (ckpts[-1] / "adapter" / "adapter_model.safetensors").unlink()
+    with pytest.raises(CheckpointError, match=r"step-000002 is missing adapter/adapter_model.safetensors"):
+        resolve_resume(str(ckpts[-1]), out / "checkpoints")
+    assert resolve_resume("latest", out / "checkpoints") == ckpts[0]
+    (ckpts[0] / "optimizer.pt").write_bytes(b"not a checkpoint")
+    cfg = load_config(RECIPE, _over(tiny_model_dir, out, "train.max_steps=3", f"train.resume_from={ckpts[0]}"))
+    with pytest.raises(CheckpointError, match="step-000001 could not be loaded"):
+        GRPOTrainer(cfg)
+    # a half-written directory (no COMPLETE marker) is ignored by `latest`
+    (out / "checkpoints" / "step-000009").mkdir()
+    assert resolve_resume("latest", out / "checkpoints") == ckpts[0]
+
+
+def test_non_finite_loss_is_skipped_then_stops(tiny_model_dir, tmp_path, monkeypatch):
+    import rlhf.trainer as trainer_mod
+
+    real = trainer_mod.clipped_pg_loss
+    calls = {"n": 0}
+
+    def flaky(*args, **kwargs):
+        loss, m = real(*args, **kwargs)
+        calls["n"] += 1
+        # two micro-batches per step: step 1 is fine, every later step is NaN
+        return (loss * float("nan") if calls["n"] > 2 else loss), m
+
+    monkeypatch.setattr(trainer_mod, "clipped_pg_loss", flaky)
+    out = tmp_path / "run"
+    trainer = GRPOTrainer(
+        load_config(
+            RECIPE,
+            _over(
+                tiny_model_dir, out, "train.max_steps=6", "train.save_every=1", "train.max_bad_steps=2", "eval.every=0"
+            ),
+        )
+    )
+    with pytest.raises(FloatingPointError, match="2 steps in a row had a non-finite loss"):
+        trainer.train()
+    rows = _metrics(out)
+    assert [r["optim/skipped_steps"] for r in rows] == [0, 1]
+    assert all(torch.isfinite(p).all() for p in trainer.peft_model.parameters())
+    from safetensors.torch import load_file
+
+    saved = load_file(str(out / "checkpoints" / "step-000001" / "adapter" / "adapter_model.safetensors"))
+    assert all(torch.isfinite(t).all() for t in saved.values())
+
+
+def test_sigterm_saves_a_checkpoint_and_exits_cleanly(tiny_model_dir, tmp_path):
+    out = tmp_path / "run"
+    cmd = [
+        sys.executable,
+        "-m",
+        "rlhf.train",
+        str(RECIPE),
+        *_over(tiny_model_dir, out, "train.max_steps=100000", "eval.every=0"),
+    ]
+    proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 120
+    while time.time() < deadline and not (out / "metrics.jsonl").is_file() or not (out / "metrics.jsonl").read_text():
+        time.sleep(0.2)
+        assert time.time() < deadline and proc.poll() is None, proc.communicate()[1][-2000:]
+    os.kill(proc.pid, signal.SIGTERM)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 0, err[-2000:]
+    assert "stop requested (SIGTERM)" in err
+    ckpts = list_checkpoints(out / "checkpoints")
+    assert ckpts, err[-2000:]
+    last = json.loads((out / "metrics.jsonl").read_text().splitlines()[-1])["step"]
+    assert ckpts[-1].name == f"step-{last:06d}"
