@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+from collections.abc import Iterator
 from datetime import timedelta
 
 import torch
@@ -44,3 +46,33 @@ def all_gather_cat(accelerator, x: Tensor) -> Tensor:
     if accelerator.num_processes == 1:
         return x
     return accelerator.gather(x.to(accelerator.device)).cpu()
+
+
+def configure_deepspeed(accelerator, gradient_accumulation_steps: int, max_grad_norm: float) -> None:
+    """Make a DeepSpeed launch follow the recipe: its engine divides the loss by, and steps after, its own
+    accumulation count, and accelerate prefers the DeepSpeed config's value over ours on a mismatch."""
+    plugin = getattr(accelerator.state, "deepspeed_plugin", None)
+    if plugin is None:
+        return
+    plugin.deepspeed_config["gradient_accumulation_steps"] = gradient_accumulation_steps
+    plugin.deepspeed_config["gradient_clipping"] = max_grad_norm if max_grad_norm > 0 else 0.0
+    plugin.deepspeed_config.setdefault("train_micro_batch_size_per_gpu", 1)
+    accelerator.gradient_accumulation_steps = gradient_accumulation_steps
+
+
+def zero_stage(accelerator) -> int:
+    plugin = getattr(accelerator.state, "deepspeed_plugin", None)
+    return int(plugin.zero_stage) if plugin is not None else 0
+
+
+@contextlib.contextmanager
+def gathered_parameters(accelerator, model) -> Iterator[None]:
+    """Under ZeRO-3 each rank holds a shard of every weight: gather them once for a whole rollout batch (not per
+    decoding step or layer call) and let DeepSpeed re-shard them afterwards. Elsewhere a no-op."""
+    if zero_stage(accelerator) != 3:
+        yield
+        return
+    import deepspeed
+
+    with deepspeed.zero.GatheredParameters(list(model.parameters()), modifier_rank=None):
+        yield

@@ -26,7 +26,7 @@ from rlhf.advantages import batch_std_advantages, group_advantages
 from rlhf.checkpoint import load_checkpoint, resolve_resume, save_checkpoint
 from rlhf.config import Config, check_world, save_config
 from rlhf.data import PromptSampler, arithmetic_problems, build_prompt_set, left_pad, load_rows
-from rlhf.distributed import all_gather_cat, all_sum, make_accelerator
+from rlhf.distributed import all_gather_cat, all_sum, configure_deepspeed, gathered_parameters, make_accelerator
 from rlhf.evaluation import greedy_eval
 from rlhf.losses import aggregate, clipped_pg_loss, kl_penalty, masked_mean
 from rlhf.models import count_parameters, load_policy, load_tokenizer, merged_adapter, reference_policy
@@ -150,6 +150,7 @@ class GRPOTrainer:
         seqs = self.prompts_per_rank * cfg.rollout.num_generations
         self.micro_batches = math.ceil(seqs / t.micro_batch_size)
         acc.gradient_accumulation_steps = self.micro_batches
+        configure_deepspeed(acc, self.micro_batches, cfg.optim.max_grad_norm)
         self.is_main = acc.is_main_process
         seed_everything(cfg.seed + acc.process_index)
         if self.is_main:
@@ -215,7 +216,7 @@ class GRPOTrainer:
         ids, mask = left_pad(ps.prompt_ids, self.tokenizer.pad_token_id)
         params = SamplingParams(r.max_new_tokens, r.temperature, r.top_p, r.top_k, False, list(r.stop))
         self.policy.eval()
-        with merged_adapter(self.peft_model, r.merge_adapter):
+        with gathered_parameters(self.accelerator, self.peft_model), merged_adapter(self.peft_model, r.merge_adapter):
             out = generate_batched(
                 self.generation_model, self.tokenizer, ids, mask, r.num_generations, params, r.batch_size
             )
@@ -469,7 +470,10 @@ class GRPOTrainer:
     def evaluate(self, max_new_tokens: int, step: int | None) -> dict:
         e = self.cfg.eval
         self.policy.eval()
-        with merged_adapter(self.peft_model, self.cfg.rollout.merge_adapter):
+        with (
+            gathered_parameters(self.accelerator, self.peft_model),
+            merged_adapter(self.peft_model, self.cfg.rollout.merge_adapter),
+        ):
             metrics, _ = greedy_eval(
                 self.generation_model,
                 self.tokenizer,

@@ -1,4 +1,5 @@
-"""Two processes under `accelerate launch` on CPU (gloo): DDP and DeepSpeed ZeRO-2 run the GRPO recipe."""
+"""Two processes under `accelerate launch` on CPU (gloo): DDP and DeepSpeed ZeRO-2/3 run the GRPO recipe, with
+gradient accumulation (2 micro-batches per optimizer step on each rank)."""
 
 import json
 import shutil
@@ -13,7 +14,7 @@ REPO = Path(__file__).resolve().parents[1]
 ACCELERATE = shutil.which("accelerate", path=str(Path(__import__("sys").executable).parent))
 
 
-@pytest.mark.parametrize("launcher", ["ddp", "zero2"])
+@pytest.mark.parametrize("launcher", ["ddp", "zero2", "zero3"])
 def test_two_process_run(launcher, tiny_model_dir, tmp_path):
     out = tmp_path / "run"
     cmd = [
@@ -48,3 +49,4 @@ def test_two_process_run(launcher, tiny_model_dir, tmp_path):
     assert [r["eval/num_samples"] for r in rows if "eval/accuracy" in r] == [6, 6]  # shards summed over ranks
     saved = load_file(str(out / "adapter" / "adapter_model.safetensors"))
     assert any(t.abs().sum() > 0 for k, t in saved.items() if "lora_B" in k), "LoRA B stayed zero: no update"
+    assert all(r["optim/updates"] == 1 for r in steps)  # 2 micro-batches accumulate into one optimizer step
