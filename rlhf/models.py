@@ -107,7 +107,10 @@ def load_policy(
     )
     if gradient_checkpointing:
         # Non-reentrant checkpointing works with frozen inputs and LoRA; the reentrant one silently drops grads.
-        base.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        if hasattr(base, "activation_checkpointing_enable"):  # transformers >= 5.2x
+            base.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+        else:
+            base.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         base.enable_input_require_grads()
     if adapter_path:
         model = PeftModel.from_pretrained(base, adapter_path, is_trainable=True)

@@ -92,7 +92,10 @@ class Policy(nn.Module):
 
     def _shares_prompts(self, prompt_ids: Tensor, prompt_mask: Tensor, group_size: int) -> bool:
         B = prompt_ids.shape[0]
-        if group_size <= 1 or B % group_size or getattr(self.base, "is_gradient_checkpointing", False):
+        checkpointed = getattr(self.base, "is_activation_checkpointing", None)
+        if checkpointed is None:
+            checkpointed = getattr(self.base, "is_gradient_checkpointing", False)
+        if group_size <= 1 or B % group_size or checkpointed:
             return False  # checkpointed layers do not keep a cache
         ids = prompt_ids.view(B // group_size, group_size, -1)
         masks = prompt_mask.view(B // group_size, group_size, -1)

@@ -1,0 +1,397 @@
+"""Evaluate a base model or a trained adapter: `python -m rlhf.evaluate --model M [--adapter DIR] --dataset D`.
+
+Greedy accuracy (--n 1) goes through `rlhf.evaluation.greedy_eval`, the function the trainer calls during training, so
+a run's `eval/accuracy` and this command agree on the same prompts. With --n > 1 it samples n completions per prompt
+and reports pass@k (the unbiased estimator of Chen et al. 2021, arXiv:2107.03374) and maj@k (majority vote over the
+final answers, "self-consistency", Wang et al. 2022, arXiv:2203.11171). Under `accelerate launch` each process takes
+its own shard of the prompts and the counts are summed, as in training.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import math
+import platform
+import random
+import sys
+import time
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+
+import torch
+
+from rlhf import __version__
+from rlhf.config import ArithmeticConfig, RewardSpec
+from rlhf.data import LOCAL_FORMATS, DataError, PromptSet, arithmetic_problems, build_prompt_set, left_pad, load_rows
+from rlhf.distributed import all_sum, make_accelerator
+from rlhf.evaluation import greedy_eval
+from rlhf.models import DTYPES, load_policy, load_tokenizer, merged_adapter, resolve_model_path
+from rlhf.rewards import RewardError, RewardFunction, build_reward_functions, score
+from rlhf.rollout import SamplingParams, generate_batched
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_DATA = REPO.parent / "shared" / "data"
+NUMERIC_REWARD = "reward_models.numeric:numeric_answer_reward"
+MATH_REWARD = "reward_models.math:math_correctness"
+
+
+class EvalError(ValueError):
+    """An argument combination a person can fix."""
+
+
+@dataclass(frozen=True)
+class Preset:
+    """Defaults for a named dataset: where it lives (a local copy first, else the hub) and how to prompt it."""
+
+    local_dir: Path | None
+    hub: str | None
+    hub_config: str | None
+    prompt_column: str
+    answer_column: str
+    prompt_template: str | None
+    max_new_tokens: int
+
+
+GSM8K_TEMPLATE = "{prompt}\nThink step by step, then give the final answer after '####'."  # as in the gsm8k recipe
+MATH_TEMPLATE = "{prompt}\nThink step by step, then put the final answer in \\boxed{{}}."
+PRESETS = {
+    "arithmetic": Preset(None, None, None, "prompt", "answer", None, 16),  # 16 tokens as in the arithmetic recipe
+    "gsm8k": Preset(SHARED_DATA / "gsm8k", "openai/gsm8k", "main", "question", "answer", GSM8K_TEMPLATE, 256),
+    "math500": Preset(SHARED_DATA / "math500", "HuggingFaceH4/MATH-500", None, "problem", "answer", MATH_TEMPLATE, 512),
+}
+GENERIC = Preset(None, None, None, "prompt", "answer", None, 256)
+
+
+# ------------------------------------------------------------------------------------------------ metrics (pure math)
+def pass_at_k(n: int, c: int, k: int) -> float:
+    """P(at least one of k samples drawn without replacement from n, c of them correct, is correct).
+
+    1 - C(n-c, k) / C(n, k), written as a product so large n never overflows (Chen et al. 2021, Codex paper)."""
+    if not 0 <= c <= n or not 1 <= k <= n:
+        raise ValueError(f"pass_at_k needs 0 <= c <= n and 1 <= k <= n, got n={n}, c={c}, k={k}")
+    if n - c < k:
+        return 1.0
+    return 1.0 - math.prod(1.0 - k / i for i in range(n - c + 1, n + 1))
+
+
+def maj_at_k(answers: list[str | None], correct: list[bool], k: int) -> bool:
+    """Is the most common final answer among the first k samples correct? Samples with no answer do not vote; ties
+    go to the answer seen first; the verdict is the reward's on the first sample giving the majority answer."""
+    counts = Counter(a for a in answers[:k] if a is not None)
+    if not counts:
+        return False
+    best = max(counts, key=lambda a: (counts[a], -answers.index(a)))  # index(): the first occurrence
+    return bool(correct[answers.index(best)])
+
+
+def k_values(n: int) -> list[int]:
+    """1, the powers of two below n, and n: the k of pass@k and maj@k."""
+    return sorted({1, n} | {2**i for i in range(1, n.bit_length()) if 2**i < n})
+
+
+def answer_extractor(dataset: str, reward: str) -> tuple[str, Callable[[str], str | None]]:
+    """The math verifier's extractor for math tasks (LaTeX answers), the final-number one otherwise."""
+    from reward_models.numeric import final_number, to_fraction
+
+    if (dataset == "math500" or reward.startswith("reward_models.math:")) and _has_module("reward_models.math"):
+        from reward_models.math import extract_answer
+
+        return "reward_models.math:extract_answer", lambda text: _normalize(extract_answer(text), to_fraction)
+    return "reward_models.numeric:final_number", lambda text: _normalize(final_number(text), to_fraction)
+
+
+def _normalize(answer: str | None, to_fraction) -> str | None:
+    """So that `1,000`, `1000.` and `1000` vote together: numbers as exact rationals, other text without spaces."""
+    if answer is None:
+        return None
+    value = to_fraction(answer)
+    return str(value) if value is not None else "".join(answer.split())
+
+
+def _has_module(name: str) -> bool:
+    try:
+        return importlib.util.find_spec(name) is not None
+    except ImportError:
+        return False
+
+
+# ------------------------------------------------------------------------------------------------ data, model, reward
+def load_eval_rows(args: argparse.Namespace) -> tuple[list[dict], str]:
+    """(rows, a description of where they came from), the answer column renamed to `answer` for the rewards."""
+    preset = PRESETS.get(args.dataset, GENERIC)
+    if args.dataset == "arithmetic":
+        a = ArithmeticConfig()
+        train, held_out = arithmetic_problems(
+            a.min_operand, a.max_operand, a.operators, a.num_train, a.num_eval, a.template, seed=args.seed
+        )
+        if args.split not in ("test", "train"):
+            raise EvalError(f"--split {args.split!r}: the arithmetic task has `test` (held out) and `train`")
+        rows, desc = (held_out if args.split == "test" else train), f"arithmetic:{args.split} (seed {args.seed})"
+    elif preset.local_dir is not None and (preset.local_dir / f"{args.split}.jsonl").is_file():
+        path = preset.local_dir / f"{args.split}.jsonl"
+        rows, desc = load_rows(str(path)), str(path)
+    elif preset.hub is not None:
+        rows, desc = load_rows(preset.hub, preset.hub_config, args.split), f"{preset.hub}:{args.split}"
+    else:
+        local = Path(args.dataset)
+        if local.suffix.lower() in LOCAL_FORMATS and not local.is_file():
+            raise FileNotFoundError(f"dataset file {args.dataset!r} not found")
+        rows = load_rows(args.dataset, args.dataset_config, args.split)
+        desc = args.dataset if local.is_file() else f"{args.dataset}:{args.split}"
+    if not rows:
+        raise DataError(f"the dataset {desc} is empty")
+    if args.limit:
+        rows = rows[: args.limit]
+    column = preset.answer_column if args.answer_column is None else args.answer_column
+    if column:  # '' = the reward needs no gold answer
+        if column not in rows[0]:
+            raise DataError(
+                f"answer column {column!r} not in the dataset (columns: {', '.join(sorted(rows[0]))}); "
+                "set --answer-column"
+            )
+        if column != "answer":
+            rows = [{**r, "answer": r[column]} for r in rows]
+    return rows, desc
+
+
+def load_model(path: str, adapter: str | None, dtype: str) -> tuple[torch.nn.Module, torch.nn.Module | None]:
+    """(the transformers model to generate with, the PEFT model or None). An adapter is held as the trainer holds it
+    (float32 LoRA on a `dtype` base, folded in by `merged_adapter` while generating), so evaluating a run's final
+    adapter reproduces the run's last `eval/accuracy` rather than a slightly different rounding of the same weights."""
+    from transformers import AutoModelForCausalLM
+
+    if adapter and not (Path(adapter) / "adapter_config.json").is_file():
+        raise FileNotFoundError(f"--adapter {adapter}: not a PEFT adapter directory (no adapter_config.json)")
+    try:
+        if adapter:
+            peft_model = load_policy(path, dtype, adapter_path=adapter).eval()
+            return peft_model.get_base_model(), peft_model
+        return AutoModelForCausalLM.from_pretrained(resolve_model_path(path), dtype=DTYPES[dtype]).eval(), None
+    except OSError as e:
+        raise FileNotFoundError(f"could not load model {path!r}: {str(e).splitlines()[0]}") from e
+
+
+# ------------------------------------------------------------------------------------------------ the sampled path
+@torch.no_grad()
+def sampled_eval(
+    model: torch.nn.Module,
+    tokenizer,
+    prompts: PromptSet,
+    reward_fns: list[RewardFunction],
+    n: int,
+    params: SamplingParams,
+    extract: Callable[[str], str | None],
+    batch_size: int = 64,
+    success_threshold: float = 1.0,
+    accelerator=None,
+) -> tuple[dict[str, float], list[dict]]:
+    """n samples per prompt -> pass@k and maj@k averaged over prompts. Each rank scores prompts rank, rank + world, ...
+    and the sums are reduced over ranks. Returns (metrics, per-prompt rows of this rank)."""
+    start = time.perf_counter()
+    rank, world = (accelerator.process_index, accelerator.num_processes) if accelerator else (0, 1)
+    idx = list(range(rank, len(prompts), world))
+    shard = prompts.select(idx)
+    ks = k_values(n)
+    sums = torch.zeros(2 * len(ks) + 2, dtype=torch.float64)  # pass@k..., maj@k..., reward sum, correct samples
+    rows: list[dict] = []
+    per_chunk = max(1, batch_size // n)
+    for s in range(0, len(shard), per_chunk):
+        part = shard.select(list(range(s, min(s + per_chunk, len(shard)))))
+        ids, mask = left_pad(part.prompt_ids, tokenizer.pad_token_id)
+        out = generate_batched(model, tokenizer, ids, mask, n, params, batch_size)
+        columns = {key: [v for v in vals for _ in range(n)] for key, vals in part.columns.items()}
+        total, _ = score(reward_fns, [p for p in part.texts for _ in range(n)], out.texts, columns)
+        ok = (total >= success_threshold - 1e-6).tolist()
+        for j in range(len(part)):
+            texts, correct = out.texts[j * n : (j + 1) * n], ok[j * n : (j + 1) * n]
+            answers = [extract(t) for t in texts]
+            c = sum(correct)
+            for i, k in enumerate(ks):
+                sums[i] += pass_at_k(n, c, k)
+                sums[len(ks) + i] += float(maj_at_k(answers, correct, k))
+            gold, rewards = part.columns.get("answer", [None] * len(part))[j], total[j * n : (j + 1) * n].tolist()
+            rows.append(dict(index=idx[s + j], prompt=part.texts[j], answer=gold, completions=texts, extracted=answers))
+            rows[-1].update(rewards=rewards, correct=correct, num_correct=c)
+        sums[-2] += total.double().sum()
+        sums[-1] += sum(ok)
+    if accelerator is not None:
+        sums = all_sum(accelerator, sums)
+    N = max(len(prompts), 1)
+    metrics: dict[str, float] = {f"pass@{k}": sums[i].item() / N for i, k in enumerate(ks)}
+    metrics.update({f"maj@{k}": sums[len(ks) + i].item() / N for i, k in enumerate(ks)})
+    metrics.update({"reward_mean": sums[-2].item() / (N * n), "sample_accuracy": sums[-1].item() / (N * n)})
+    metrics.update({"num_prompts": len(prompts), "samples_per_prompt": n, "time/eval": time.perf_counter() - start})
+    return metrics, rows
+
+
+def gather_rows(accelerator, rows: list[dict]) -> list[dict]:
+    """Every rank's rows on every rank, back in dataset order."""
+    if accelerator is not None and accelerator.num_processes > 1:
+        from accelerate.utils import gather_object
+
+        rows = gather_object(rows)
+    return sorted(rows, key=lambda r: r["index"])
+
+
+# ------------------------------------------------------------------------------------------------ command line
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(
+        prog="python -m rlhf.evaluate",
+        description="Greedy accuracy (--n 1), or pass@k and maj@k from n samples per prompt, of a model or adapter.",
+    )
+    p.add_argument("--model", default="smollm2-135m-instruct", help="hub id, local directory or a short name")
+    p.add_argument("--adapter", help="PEFT adapter directory (e.g. runs/NAME/adapter); folded into the model")
+    p.add_argument("--dataset", default="arithmetic", help="arithmetic | gsm8k | math500 | a file | a hub id")
+    p.add_argument("--dataset-config", help="hub dataset configuration name")
+    p.add_argument("--split", default="test", help="split (arithmetic: test = the held-out problems)")
+    p.add_argument("--prompt-column", help="column with the prompt (default: the dataset's, else `prompt`)")
+    p.add_argument("--answer-column", help="column with the gold answer ('' = none needed)")
+    p.add_argument("--system-prompt", help="system message before every prompt")
+    p.add_argument("--prompt-template", help="format string; {prompt} and any column ('' = none)")
+    p.add_argument("--max-prompt-tokens", type=int, default=2048, help="longer prompts are dropped and counted")
+    p.add_argument("--limit", type=int, default=0, help="only the first N rows (0 = all)")
+    p.add_argument("--reward", help=f"import path of the reward (default {NUMERIC_REWARD}; math500: {MATH_REWARD})")
+    p.add_argument("--success-threshold", type=float, default=1.0, help="a sample is correct when reward >= this")
+    p.add_argument("--n", type=int, default=1, help="samples per prompt; 1 = greedy")
+    p.add_argument("--temperature", type=float, help="sampling temperature (default 1.0 when --n > 1; 0 = greedy)")
+    p.add_argument("--top-p", type=float, default=1.0)
+    p.add_argument("--top-k", type=int, default=0)
+    p.add_argument("--max-new-tokens", type=int, help="longest completion (default: per dataset)")
+    p.add_argument("--batch-size", type=int, default=64, help="sequences generated at once")
+    p.add_argument("--dtype", default="bfloat16", choices=["float32", "bfloat16", "float16"])
+    p.add_argument("--output-dir", help="where results.json and samples.jsonl go (default runs/eval/DATASET-TIME)")
+    p.add_argument("--seed", type=int, default=0, help="sampling seed, and the arithmetic task's problem draw")
+    args = p.parse_args(argv)
+    preset = PRESETS.get(args.dataset, GENERIC)
+    if args.n < 1 or args.limit < 0 or args.batch_size < 1:
+        raise EvalError("--n and --batch-size must be >= 1 and --limit >= 0")
+    args.temperature = (1.0 if args.n > 1 else 0.0) if args.temperature is None else args.temperature
+    if args.n > 1 and args.temperature <= 0:
+        raise EvalError("--n > 1 samples several completions per prompt: give --temperature > 0")
+    args.greedy = args.n == 1 and args.temperature <= 0
+    args.prompt_column = args.prompt_column or preset.prompt_column
+    args.prompt_template = preset.prompt_template if args.prompt_template is None else args.prompt_template
+    args.max_new_tokens = args.max_new_tokens or preset.max_new_tokens
+    if args.reward is None:
+        math_ok = args.dataset == "math500" and _has_module("reward_models.math")
+        args.reward = MATH_REWARD if math_ok else NUMERIC_REWARD
+    if args.output_dir is None:
+        stem = Path(args.dataset).stem if args.dataset not in PRESETS else args.dataset
+        args.output_dir = str(Path("runs") / "eval" / f"{stem}-{datetime.now():%Y%m%d-%H%M%S}")
+    return args
+
+
+def run(args: argparse.Namespace) -> dict:
+    """Load, evaluate, write results.json and samples.jsonl (main process); returns the results."""
+    start = time.perf_counter()
+    accelerator = make_accelerator()
+    rank = accelerator.process_index
+    random.seed(args.seed + rank)
+    torch.manual_seed(args.seed + rank)
+    # data and reward before the model, so their errors come in seconds
+    try:
+        tokenizer = load_tokenizer(args.model)
+    except OSError as e:
+        raise FileNotFoundError(f"could not load the tokenizer of {args.model!r}: {str(e).splitlines()[0]}") from e
+    rows, data_desc = load_eval_rows(args)
+    prompts = build_prompt_set(
+        rows, tokenizer, args.prompt_column, args.system_prompt, args.prompt_template, args.max_prompt_tokens
+    )
+    reward_fns = build_reward_functions([RewardSpec(fn=args.reward)])
+    extractor_name, extract = answer_extractor(args.dataset, args.reward)
+    model, peft_model = load_model(args.model, args.adapter, args.dtype)
+    load_s = time.perf_counter() - start
+    common, threshold = (model.to(accelerator.device), tokenizer, prompts, reward_fns), args.success_threshold
+    with merged_adapter(peft_model, enabled=peft_model is not None):  # as the trainer generates
+        if args.greedy:
+            m, rows_out = greedy_eval(*common, args.max_new_tokens, args.batch_size, threshold, accelerator)
+            metrics = {"pass@1": m["eval/accuracy"], "reward_mean": m["eval/reward_mean"]}
+            metrics.update({"num_prompts": m["eval/num_samples"], "time/eval": m["time/eval"]})
+            mine = range(rank, len(prompts), accelerator.num_processes)
+            answers = prompts.columns.get("answer") or [None] * len(prompts)
+            rows_out = [
+                {"index": i, "prompt": r["prompt"], "answer": answers[i], "completion": r["completion"]}
+                | {"extracted": extract(r["completion"]), "reward": r["reward"], "correct": r["correct"]}
+                for i, r in zip(mine, rows_out)
+            ]
+        else:
+            params = SamplingParams(args.max_new_tokens, args.temperature, args.top_p, args.top_k, greedy=False)
+            metrics, rows_out = sampled_eval(*common, args.n, params, extract, args.batch_size, threshold, accelerator)
+    samples = gather_rows(accelerator, rows_out)
+    results = {
+        "metrics": metrics,
+        "mode": "greedy" if args.greedy else "sampled",
+        "model": args.model,
+        "adapter": args.adapter,
+        "dataset": data_desc,
+        "num_prompts": len(prompts),
+        "dropped_prompts": prompts.dropped,
+        "reward": args.reward,
+        "answer_extractor": extractor_name,
+        "config": dict(vars(args)),
+        "timing": {"load_s": load_s, "eval_s": metrics["time/eval"], "total_s": time.perf_counter() - start},
+        "num_processes": accelerator.num_processes,
+        "versions": _versions(),
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    }
+    if accelerator.is_main_process:
+        out = Path(args.output_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
+        with (out / "samples.jsonl").open("w") as f:
+            for row in samples:
+                f.write(json.dumps(row) + "\n")
+        print(format_table(results, out))
+    accelerator.wait_for_everyone()
+    return results
+
+
+def format_table(results: dict, out: Path) -> str:
+    adapter = f" + adapter {results['adapter']}" if results["adapter"] else ""
+    lines = [
+        f"model    {results['model']}{adapter}",
+        f"dataset  {results['dataset']} ({results['num_prompts']} prompts, {results['mode']})",
+        f"reward   {results['reward']}",
+        f"{'metric':<18} value",
+    ]
+    for key, value in results["metrics"].items():
+        if key.startswith(("pass@", "maj@")) or key in ("reward_mean", "sample_accuracy"):
+            lines.append(f"{key:<18} {value:.4f}")
+    lines.append(f"time     {results['timing']['total_s']:.1f} s (eval {results['timing']['eval_s']:.1f} s)")
+    lines.append(f"written  {out / 'results.json'}, {out / 'samples.jsonl'}")
+    return "\n".join(lines)
+
+
+def _versions() -> dict[str, str]:
+    import peft
+    import transformers
+
+    return {"rlhf": __version__, "python": platform.python_version(), "torch": torch.__version__} | {
+        "transformers": transformers.__version__,
+        "peft": peft.__version__,
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    from rlhf.train import setup_logging
+
+    try:
+        args = parse_args(argv)
+        setup_logging()
+        run(args)
+    except (EvalError, DataError, RewardError, FileNotFoundError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
