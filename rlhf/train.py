@@ -42,7 +42,7 @@ def main(argv: list[str] | None = None) -> int:
         cfg = load_config(recipe, overrides)  # every recipe error surfaces here, before any model loads
         from rlhf.trainer import GRPOTrainer
 
-        trainer = GRPOTrainer(cfg)
+        trainer = GRPOTrainer(cfg, recipe=recipe)
         trainer.train()
     except USER_ERRORS as e:
         print(f"error: {e}", file=sys.stderr)

@@ -10,14 +10,10 @@ from __future__ import annotations
 
 import logging
 import math
-import random
-import signal
-import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import torch
 from torch import Tensor
 
@@ -33,6 +29,7 @@ from rlhf.models import count_parameters, load_policy, load_tokenizer, merged_ad
 from rlhf.policy import Policy
 from rlhf.rewards import build_reward_functions, score
 from rlhf.rollout import Rollout, SamplingParams, generate_batched
+from rlhf.run_utils import StopRequest, command_line, flat_config, lr_lambda, progress_bar, seed_everything
 from rlhf.tracking import (
     MetricsWriter,
     available_trackers,
@@ -42,12 +39,6 @@ from rlhf.tracking import (
 )
 
 log = logging.getLogger("rlhf")
-
-
-def seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)
 
 
 def build_datasets(cfg: Config, tokenizer):
@@ -74,20 +65,6 @@ def build_datasets(cfg: Config, tokenizer):
             eval_rows = eval_rows[: cfg.eval.num_samples]
         evals = build_prompt_set(eval_rows, tokenizer, **fmt)
     return train, evals
-
-
-def lr_lambda(schedule: str, warmup: int, total: int):
-    def f(step: int) -> float:
-        if warmup and step < warmup:
-            return (step + 1) / warmup
-        if schedule == "constant":
-            return 1.0
-        progress = min(1.0, (step - warmup) / max(1, total - warmup))
-        if schedule == "linear":
-            return 1.0 - progress
-        return 0.5 * (1.0 + math.cos(math.pi * progress))
-
-    return f
 
 
 @dataclass
@@ -138,8 +115,9 @@ class StepBatch:
 
 
 class GRPOTrainer:
-    def __init__(self, cfg: Config):
+    def __init__(self, cfg: Config, recipe: str = "(config built in code)"):
         self.cfg = cfg
+        self.recipe = recipe
         t = cfg.train
         self.out = Path(cfg.output_dir)
         # Sequences per rank per optimizer step and the micro-batches they split into fix the accumulation count.
@@ -200,7 +178,7 @@ class GRPOTrainer:
             self.sampler.load_state_dict(state["sampler"])
             log.info("resumed from %s at step %d", resume, self.start_step)
         if acc.log_with:
-            acc.init_trackers("tracking", config=_flat(cfg))
+            acc.init_trackers("tracking", config=flat_config(cfg))
         if self.is_main and resume is not None:
             truncate_metrics_file(self.out / "metrics.jsonl", self.start_step)
         self.writer = MetricsWriter(self.out, acc, self.is_main, append=resume is not None)
@@ -258,7 +236,7 @@ class GRPOTrainer:
         on_policy = a.num_iterations == 1 and a.num_minibatches == 1
         eval_tokens = cfg.eval.max_new_tokens or r.max_new_tokens
         last_metrics: dict = {}
-        bar = _progress(t.max_steps, self.start_step, cfg.logging.progress_bar and self.is_main)
+        bar = progress_bar(t.max_steps, self.start_step, cfg.logging.progress_bar and self.is_main)
         bad_steps = 0
         stop = StopRequest()
 
@@ -345,7 +323,9 @@ class GRPOTrainer:
             if bar:
                 bar.close()  # so an error message starts on a line of its own
         self.save(t.max_steps)
-        self.save_adapter()
+        self.save_adapter(last_metrics)
+        if self.is_main:
+            self.write_plots()
         acc.end_training()
         return last_metrics
 
@@ -518,53 +498,48 @@ class GRPOTrainer:
         if self.is_main:
             log.info("checkpoint saved to %s", path)
 
-    def save_adapter(self) -> None:
+    def save_adapter(self, final_metrics: dict) -> None:
+        """The adapter in PEFT format, the tokenizer, and a model card (after peft's own placeholder README)."""
         if self.is_main:
-            self.peft_model.save_pretrained(self.out / "adapter", safe_serialization=True)
-            self.tokenizer.save_pretrained(self.out / "adapter")
-            log.info("adapter saved to %s", self.out / "adapter")
+            from rlhf.config import to_dict
+            from rlhf.model_card import write_model_card
+
+            adapter = self.out / "adapter"
+            self.peft_model.save_pretrained(adapter, safe_serialization=True)
+            self.tokenizer.save_pretrained(adapter)
+            write_model_card(
+                adapter,
+                self.cfg.model.path,
+                self.recipe,
+                to_dict(self.cfg),
+                final_metrics,
+                command=command_line(),
+                data_desc=self.data_description(),
+                reward_names=[rf.name for rf in self.reward_fns],
+                steps=self.cfg.train.max_steps,
+            )
+            log.info("adapter saved to %s", adapter)
         self.accelerator.wait_for_everyone()
 
+    def data_description(self) -> str:
+        d = self.cfg.data
+        if d.path == "arithmetic":
+            a = d.arithmetic
+            return (
+                f"built-in arithmetic task: operands {a.min_operand}..{a.max_operand}, "
+                f"operators {' '.join(a.operators)}, {a.num_train} training / {a.num_eval} held-out problems "
+                f"(seed {self.cfg.seed})"
+            )
+        return (
+            f"{d.path}" + (f" ({d.name})" if d.name else "") + f", split {d.split}, prompt column {d.prompt_column!r}"
+        )
 
-class StopRequest:
-    """SIGTERM (pre-emption) or Ctrl-C: finish the current step, save a checkpoint, exit cleanly."""
+    def write_plots(self) -> None:
+        try:
+            from rlhf.plots import plot_run
 
-    def __init__(self):
-        self.requested, self.name, self._old = False, "", {}
-        if threading.current_thread() is threading.main_thread():
-            for sig in (signal.SIGTERM, signal.SIGINT):
-                self._old[sig] = signal.signal(sig, self._handle)
-
-    def _handle(self, signum, frame) -> None:
-        if self.requested and signum == signal.SIGINT:
-            raise KeyboardInterrupt  # a second Ctrl-C means now
-        self.requested, self.name = True, signal.Signals(signum).name
-
-    def restore(self) -> None:
-        for sig, handler in self._old.items():
-            signal.signal(sig, handler)
-        self._old = {}
-
-
-def _progress(total: int, start: int, enabled: bool):
-    if not enabled:
-        return None
-    from tqdm.auto import tqdm
-
-    return tqdm(total=total, initial=start, desc="GRPO", unit="step", dynamic_ncols=True)
-
-
-def _flat(cfg: Config) -> dict:
-    from rlhf.config import to_dict
-
-    out = {}
-
-    def walk(prefix: str, node) -> None:
-        if isinstance(node, dict):
-            for k, v in node.items():
-                walk(f"{prefix}.{k}" if prefix else k, v)
-        else:
-            out[prefix] = node if isinstance(node, (int, float, str, bool)) else str(node)
-
-    walk("", to_dict(cfg))
-    return out
+            paths = plot_run(self.out)
+            if paths:
+                log.info("plots written to %s", paths[0].parent)
+        except ImportError as e:  # plotting is a convenience; a missing matplotlib must not fail a finished run
+            log.warning("no plots: %s (pip install matplotlib)", e)

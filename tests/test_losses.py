@@ -88,3 +88,14 @@ def test_aggregate_rejects_unknown_and_needs_max_len():
         aggregate(x, mask, "sum")
     with pytest.raises(ValueError, match="max_len"):
         aggregate(x, mask, "seq-mean-token-sum-norm")
+
+
+def test_lr_schedule_hand_values():
+    from rlhf.run_utils import lr_lambda
+
+    warm_cos = lr_lambda("cosine", warmup=2, total=10)
+    # warm-up: (step + 1) / 2 -> 0.5, 1.0; then cosine from 1 at step 2 to 0 at step 10; half-way (step 6) = 0.5
+    assert [warm_cos(0), warm_cos(1), warm_cos(2), warm_cos(6), warm_cos(10)] == pytest.approx([0.5, 1, 1, 0.5, 0])
+    lin = lr_lambda("linear", warmup=0, total=4)
+    assert [lin(0), lin(1), lin(4)] == pytest.approx([1.0, 0.75, 0.0])
+    assert lr_lambda("constant", 0, 4)(3) == 1.0
