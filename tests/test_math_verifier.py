@@ -1,0 +1,452 @@
+"""The math answer verifier: extraction, equivalence (both verdicts per category), junk, timeouts, data."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from reward_models.math import (
+    extract_answer,
+    format_reward,
+    gold_answer,
+    is_equivalent,
+    math_correctness,
+    timeout_count,
+    verifier_stats,
+)
+
+REPO = Path(__file__).resolve().parents[1]
+DATA = REPO.parent / "shared" / "data"
+
+# (gold, pred, expected) by category; every category has equal and not-equal pairs
+EQUIVALENCE = {
+    "thousands": [
+        ("1,000", "1000", True),
+        ("7425000", "7,425,000", True),
+        ("10,\\!080", "10080", True),
+        ("11,\\! 111,\\! 111,\\! 100", "11111111100", True),
+        ("1000", "1 000", True),
+        ("1,000", "100", False),
+        ("32349", "32, 349", False),
+    ],
+    "decimals_fractions": [
+        ("0.5", "1/2", True),
+        ("0.5", "\\frac{1}{2}", True),
+        ("0.5", "\\dfrac12", True),
+        ("\\tfrac83", "\\frac{8}{3}", True),
+        ("\\frac{1}{2}", "\\frac{2}{4}", True),
+        ("-\\frac{1}{2}", "\\frac{-1}{2}", True),
+        ("0.4", ".4", True),
+        ("1000", "1000.0", True),
+        ("2\\frac{1}{2}", "2.5", True),
+        ("137 \\frac{1}{2}", "137.5", True),
+        ("0.\\overline{3}", "\\frac13", True),
+        ("0.5", "0.6", False),
+        ("\\frac{1}{2}", "\\frac{1}{3}", False),
+        ("-5", "5", False),
+        ("\\dfrac{3}{4}", "0.74", False),
+    ],
+    "percent": [
+        ("50\\%", "50", True),
+        ("50\\%", "0.5", True),  # documented: x% equals x and x/100
+        ("0.5", "50\\%", True),
+        ("28\\%", "28 percent", True),
+        ("50\\%", "5", False),
+        ("0.5", "50", False),  # no % sign anywhere: 0.5 is not 50
+        ("28", "28/100", False),
+    ],
+    "units_currency": [
+        ("5", "\\$5", True),
+        ("5", "5 dollars", True),
+        ("5", "5 cm", True),
+        ("5", "5\\text{ cm}", True),
+        ("5", "\\$5.00", True),
+        ("864 \\mbox{ inches}^2", "864", True),
+        ("\\frac{270}7\\text{ degrees}", "270/7", True),
+        ("10\\text{ units}", "100", False),
+        ("5\\text{ cm}", "6", False),
+        ("4 m", "4", False),  # a plain spaced letter may be algebra (4m); only \text{ m} is a unit
+    ],
+    "sqrt": [
+        ("2\\sqrt{2}", "\\sqrt{8}", True),
+        ("\\sqrt3", "\\sqrt{3}", True),
+        ("\\frac{\\sqrt{2}}{2}", "\\frac{1}{\\sqrt{2}}", True),
+        ("\\sqrt[3]{-8}", "-2", True),
+        ("\\sqrt{12}", "3\\sqrt{2}", False),
+        ("4", "4\\sqrt{2}", False),
+    ],
+    "pi": [
+        ("\\pi", "3.14159265", True),
+        ("\\frac{9}{4}\\pi", "\\frac94\\pi", True),
+        ("2\\pi r", "2r\\pi", True),
+        ("\\pi", "3.14", False),
+        ("2\\pi", "\\pi", False),
+    ],
+    "scientific": [
+        ("1000", "1e3", True),
+        ("1000", "1\\times10^3", True),
+        ("0.0015", "1.5 \\times 10^{-3}", True),
+        ("3000000", "3 million", True),
+        ("1000", "1e4", False),
+        ("0.0015", "1.5\\times10^{-4}", False),
+    ],
+    "latex_spacing": [
+        ("\\left(x-2\\right)\\left(x+2\\right)", "(x-2)(x+2)", True),
+        ("\\tfrac{1}{2} +\\! \\frac1{72}", "\\dfrac{1}{2} +\\frac{1}{72}", True),
+        ("1\\,000", "1000", True),
+        ("\\left( 3, \\frac{\\pi}{2} \\right)", "(3,\\pi/2)", True),
+        ("x\\ +\\ 1", "x+1", True),
+        ("\\left( 3, \\frac{\\pi}{2} \\right)", "(3,\\pi)", False),
+    ],
+    "text": [
+        ("\\text{Evelyn}", "Evelyn", True),
+        ("\\text{13}", "13", True),
+        ("\\textbf{even}", "\\text{even}", True),
+        ("\\text{Evelyn}", "Navin", False),
+    ],
+    "degrees": [
+        ("30^\\circ", "30", True),
+        ("90^{\\circ}", "90", True),
+        ("30^\\circ", "\\frac{\\pi}{6}", True),
+        ("30^\\circ", "60", False),
+        ("\\frac{\\pi}{6}", "30", False),
+    ],
+    "algebra": [
+        ("2x+2", "2(x+1)", True),
+        ("x^2-1", "(x-1)(x+1)", True),
+        ("\\frac{x+2}{7}", "\\frac{x}{7}+\\frac{2}{7}", True),
+        ("\\tan^2(y)+1", "\\sec^2(y)", True),
+        ("\\sin^2 x + \\cos^2 x", "1", True),
+        ("3+4i", "4i+3", True),
+        ("2x+2", "2x+1", False),
+        ("x^2-1", "(x-1)^2", False),
+        ("\\sqrt{x^2}", "x", False),
+        ("x+2n+1", "x+1", False),
+        ("3+4i", "3-4i", False),
+    ],
+    "equations": [
+        ("3", "x = 3", True),
+        ("x = 3", "3", True),
+        ("y = 2x+1", "2x+1", True),
+        ("2x+4y-3=0", "y=-\\frac{1}{2}x+\\frac{3}{4}", True),
+        ("x = 11", "x = 5+5+1 = 7 = 11", True),
+        ("11", "x \\approx 11", True),
+        ("x = 3", "x = 4", False),
+        ("y = 2x+1", "y = 2x+2", False),
+        ("7 = 11a+c", "11a+c", False),
+        ("5x - 7y + 11z + 4 = 0", "x + y - z + 2 = 0", False),
+    ],
+    "intervals": [
+        ("(1, 2]", "(1,2]", True),
+        ("[-2, 7]", "x \\in [-2,7]", True),
+        ("[-2, 7]", "-2 \\le x \\le 7", True),
+        ("(3, \\infty)", "x > 3", True),
+        ("x < 1", "-x > -1", True),
+        ("(0,9) \\cup (9,36)", "(9,36) \\cup (0,9)", True),
+        ("(1, 2]", "(1, 2)", False),
+        ("(1, 2]", "[1, 2]", False),
+        ("[3, \\infty)", "x > 3", False),
+        ("(-\\infty, 0) \\cup (0, \\infty)", "(-\\infty, 0] \\cup (0, \\infty)", False),
+    ],
+    "sets_lists": [
+        ("\\{1,2\\}", "\\{2,1\\}", True),
+        ("\\{1,2\\}", "\\{1,1,2\\}", True),
+        ("1,-2", "-2, 1", True),
+        ("1 \\pm \\sqrt{19}", "1+\\sqrt{19}, 1-\\sqrt{19}", True),
+        ("\\{1\\pm\\sqrt{5},-2\\}", "-2, 1+\\sqrt5, 1-\\sqrt5", True),
+        ("\\emptyset", "\\{\\}", True),
+        ("\\{1,2,3\\}", "\\{1,2\\}", False),
+        ("1, 2", "1, 2, 2", False),
+        ("1, 2, 3", "1, 2, 3, ...", False),
+    ],
+    "tuples": [
+        ("(1,2)", "(1, 2)", True),
+        ("(1,\\frac{9}{2})", "(1,4.5)", True),
+        ("\\begin{pmatrix} 1 \\\\ 2 \\end{pmatrix}", "(1,2)", True),
+        ("(1,2)", "(2,1)", False),
+        ("(6,31,-1)", "(6,31,1)", False),
+        ("(1,2)", "[1,2]", False),
+    ],
+    "multiple_choice": [
+        ("(B)", "B", True),
+        ("B", "\\text{(B)}", True),
+        ("\\text{C}", "\\text{(C)}", True),
+        ("A", "(A) 42", True),
+        ("B", "C", False),
+        ("\\text{(B)}", "(C)", False),
+    ],
+    "tolerance": [  # relative 1e-6, exact when one side is an integer
+        ("\\frac{1}{3}", "0.3333333", True),
+        ("\\sqrt{2}", "1.414214", True),
+        ("2.5", "2.5000001", True),
+        ("\\frac{1}{3}", "0.333", False),
+        ("2", "2.0000001", False),
+        ("1000000", "1000001", False),
+    ],
+    "matrices": [
+        (
+            "\\begin{pmatrix}1 & 2 \\\\ 3 & 4\\end{pmatrix}",
+            "\\left[\\begin{array}{cc}1 & 2 \\\\3 & 4\\end{array}\\right]",
+            True,
+        ),
+        (
+            "\\begin{bmatrix}0 & 0 \\\\ 0 & 0\\end{bmatrix}",
+            "\\begin{pmatrix}0 & 0 \\\\ 0 & 0\\end{pmatrix}",
+            True,
+        ),
+        (
+            "\\begin{pmatrix}1 & 2 \\\\ 3 & 4\\end{pmatrix}",
+            "\\begin{pmatrix}1 & 2 \\\\ 3 & 5\\end{pmatrix}",
+            False,
+        ),
+    ],
+    "bases": [
+        ("52_8", "52_{8}", True),
+        ("52_8", "52", True),  # the question names the base
+        ("36", "40_9", True),  # the same number, written in base 9
+        ("1112112_3", "1112122_3", False),
+        ("40", "40_9", False),
+    ],
+}
+CASES = [(category, *case) for category, cases in EQUIVALENCE.items() for case in cases]
+
+
+@pytest.mark.parametrize("category, gold, pred, expected", CASES, ids=[f"{c[0]}-{i}" for i, c in enumerate(CASES)])
+def test_equivalence(category, gold, pred, expected):
+    assert is_equivalent(gold, pred) is expected
+
+
+def test_every_category_has_both_verdicts():
+    for category, cases in EQUIVALENCE.items():
+        assert {expected for _, _, expected in cases} == {True, False}, category
+
+
+JUNK = [
+    None,
+    "",
+    "   ",
+    "\\frac{",
+    "}{",
+    "\\boxed{",
+    "$$$",
+    "((((((",
+    "\\sqrt",
+    "1/0",
+    "0/0",
+    "\\frac{1}{0}",
+    "^",
+    "\\left(",
+    "\\begin{pmatrix}",
+    "a" * 5000,
+    "1" * 5000,
+    "1e999999",
+    "\x00\xff",
+    "{" * 300 + "1" + "}" * 299,
+    "(" * 500 + "1",
+    "\\infty-\\infty",
+    "x==3",
+    ",,,",
+    "\\text{",
+    "2^-",
+    "|x",
+    "\\log_",
+    12,
+    3.5,
+    [1],
+]
+
+
+def test_junk_is_false_and_never_raises():
+    start = time.perf_counter()
+    for junk in JUNK:
+        for other in ("1", "x+1", "\\frac{1}{2}", "(1,2)"):
+            assert is_equivalent(junk, other, timeout=1.0) is False
+            assert is_equivalent(other, junk, timeout=1.0) is False
+        assert extract_answer(junk) is None or isinstance(extract_answer(junk), str)
+    assert is_equivalent("1/0", "1/0 + 1") is False and is_equivalent("\\frac{1}{0}", "2") is False
+    assert time.perf_counter() - start < 10
+
+
+def test_symbolic_check_in_the_worker_process():
+    # the probes overflow at most points (x^2000), so sympy in the worker decides
+    calls = verifier_stats()["sympy_calls"]
+    assert is_equivalent("\\frac{x^{2000}}{x^{1999}}", "x", timeout=10.0) is True
+    assert verifier_stats()["sympy_calls"] == calls + 1
+
+
+PATHOLOGICAL = [("9^{9^{9^{9^9}}}", "9^{9^{9^{9^9}}}+1"), ("(10^{6})!", "(10^{6})! + 1")]
+
+
+@pytest.mark.parametrize("gold, pred", PATHOLOGICAL)
+def test_pathological_input_times_out_on_main_and_background_threads(gold, pred):
+    is_equivalent("\\frac{x^{2000}}{x^{1999}}", "x", timeout=30.0)  # the worker is up (its start is not timed)
+    before = timeout_count()
+    start = time.perf_counter()
+    assert is_equivalent(gold, pred, timeout=1.0) is False
+    assert time.perf_counter() - start < 2.0
+    result: dict = {}
+
+    def run():
+        t = time.perf_counter()
+        result["value"] = is_equivalent(pred, gold, timeout=1.0)
+        result["seconds"] = time.perf_counter() - t
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    thread.join(timeout=30)
+    assert result["value"] is False and result["seconds"] < 2.0 + 1.0  # + the replacement worker's start
+    assert timeout_count() >= before + 2
+    stats = verifier_stats()
+    assert {"timeouts", "errors"} <= set(stats) and stats["timeouts"] == timeout_count()
+
+
+def test_time_bound_holds_in_separate_processes_like_ranks():
+    code = textwrap.dedent(
+        """
+        import threading, time
+        from reward_models.math import is_equivalent
+        out = {}
+        def run():
+            out["ok"] = is_equivalent("2x+2", "2(x+1)") and is_equivalent("1,000", "1000")
+            is_equivalent("\\\\frac{x^{2000}}{x^{1999}}", "x", timeout=30.0)
+            t = time.perf_counter()
+            out["patho"] = is_equivalent("9^{9^{9^{9^9}}}", "9^{9^{9^{9^9}}}+1", timeout=1.0)
+            out["seconds"] = time.perf_counter() - t
+        th = threading.Thread(target=run); th.start(); th.join(60)
+        assert out["ok"] and out["patho"] is False and out["seconds"] < 2.0, out
+        print("RANK-OK")
+        """
+    )
+    ranks = [
+        subprocess.Popen([sys.executable, "-c", code], cwd=REPO, stdout=subprocess.PIPE, text=True) for _ in range(2)
+    ]
+    for rank in ranks:
+        stdout, _ = rank.communicate(timeout=120)
+        assert rank.returncode == 0 and "RANK-OK" in stdout
+
+
+# ---------------------------------------------------------------- extraction
+
+EXTRACTION = [
+    ("so the answer is \\boxed{42}.", "lenient", "42"),
+    ("first \\boxed{1}, then \\boxed{\\frac{1}{2}}", "strict", "\\frac{1}{2}"),
+    ("nested \\boxed{\\frac{\\sqrt{3}}{2}} done", "strict", "\\frac{\\sqrt{3}}{2}"),
+    ("set \\boxed{\\{1, 2\\}}", "strict", "\\{1, 2\\}"),
+    ("\\fbox{7}", "strict", "7"),
+    ("thus $\\boxed 5$.", "strict", "5"),
+    ("The integers are \\boxed{-2} and \\boxed{1}.", "strict", "-2, 1"),
+    ("\\boxed{5} \\boxed{5}", "strict", "5"),
+    ("truncated \\boxed{3} then \\boxed{\\frac{1}{2}", "strict", "3"),
+    ("Janet sells 16 - 3 - 4 = 9 eggs.\n#### 18", "strict", "18"),
+    ("#### Adding up\n3 + 4 = 7\n#### Checking\nit holds", "lenient", "7"),
+    ("<think>maybe \\boxed{3}</think> <answer>5</answer>", "strict", "5"),
+    ("<answer>The answer is \\boxed{7}</answer>", "strict", "7"),
+    ("So the answer is 3.5 meters.", "strict", "3.5"),
+    ("The final answer is $\\frac{1}{3}$. I hope it is correct.", "strict", "\\frac{1}{3}"),
+    ("Final Answer: The largest $n$ is 34.", "strict", "34"),
+    ("**Answer:** 17", "strict", "17"),
+    ("The total is 1,234 dollars", "lenient", "1,234"),
+    ("it went from 5 to -3.5 degrees", "lenient", "-3.5"),
+    ("the probability is 3/4", "lenient", "3/4"),
+    ("so we get \\frac{3}{4} of it", "lenient", "\\frac{3}{4}"),
+    ("the ordered pair is $(7, 6)$.", "lenient", "(7, 6)"),
+    ("10 - 3 = 7", "lenient", "7"),
+    ("She pays $20 for food and $5 for tips.", "lenient", "5"),
+    ("The total is 1,234 dollars", "strict", None),
+    ("no answer here", "lenient", None),
+    ("", "lenient", None),
+]
+
+
+@pytest.mark.parametrize("text, mode, expected", EXTRACTION)
+def test_extract_answer(text, mode, expected):
+    assert extract_answer(text, mode=mode) == expected
+
+
+def test_gold_answer():
+    assert gold_answer("Janet sells 9 eggs.\n#### 1,000") == "1,000"
+    assert gold_answer("so $x = \\boxed{\\frac{3}{56}}$.") == "\\frac{3}{56}"
+    assert gold_answer("  72 ") == "72" and gold_answer("3.5") == "3.5" and gold_answer(72) == "72"
+
+
+# ---------------------------------------------------------------- rewards
+
+
+def test_math_correctness_reward():
+    gold = [
+        "She makes 9 * 2 = $<<9*2=18>>18.\n#### 18",
+        "so the answer is $\\boxed{\\frac{1}{2}}$.",
+        "42",
+        "42",
+    ]
+    completions = ["Thus she makes \\boxed{18} dollars.", "It is 0.5", "I think 41", "The result: 42"]
+    assert math_correctness(["p"] * 4, completions, answer=gold) == [1.0, 1.0, 0.0, 1.0]
+    assert math_correctness(["p"] * 4, completions, answer=gold, mode="strict") == [1.0, 0.0, 0.0, 0.0]
+    assert math_correctness(["p"], ["nothing"], answer=["1"]) == [0.0]
+
+
+def test_format_reward():
+    completions = ["reasoning... \\boxed{3}", "<think>x</think><answer>3</answer>", "the answer is 3", ""]
+    assert format_reward([""] * 4, completions) == [1.0, 1.0, 0.0, 0.0]
+    strict = r"^<think>.+</think>\s*<answer>.+</answer>\s*$"
+    assert format_reward([""] * 2, completions[:2], pattern=strict) == [0.0, 1.0]
+
+
+# ---------------------------------------------------------------- real data
+
+
+def _rows(name: str) -> list[dict]:
+    path = DATA / name / "test.jsonl"
+    if not path.is_file():
+        pytest.skip(f"{path} not present (the shared data directory is not mounted here)")
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def test_gsm8k_solutions_match_their_final_number():
+    rows = _rows("gsm8k")
+    misses = [
+        r["answer"][-40:]
+        for r in rows
+        if not is_equivalent(r["answer"].split("####")[-1].strip(), extract_answer(r["answer"]))
+    ]
+    print(f"gsm8k: {len(rows) - len(misses)}/{len(rows)}; misses: {misses}")
+    assert len(rows) == 1319 and not misses
+
+
+def test_math500_boxed_solution_matches_answer_field():
+    rows = _rows("math500")
+    misses = [
+        (r["answer"], gold_answer(r["solution"]))
+        for r in rows
+        if not is_equivalent(r["answer"], gold_answer(r["solution"]))
+    ]
+    print(f"math500: {len(rows) - len(misses)}/{len(rows)}; misses: {misses}")
+    assert (len(rows) - len(misses)) / len(rows) >= 0.99
+
+
+def test_math500_answers_survive_reformatting_and_reject_perturbations():
+    rows = _rows("math500")
+    failures = []
+    for r in rows:
+        a = r["answer"]
+        for variant in (
+            f"$\\boxed{{{a}}}$",
+            a.replace("\\frac", "\\dfrac"),
+            a + ".",
+            a.replace(" ", ""),
+            f"\\[ {a} \\]",
+        ):
+            if not is_equivalent(a, variant):
+                failures.append((a, variant))
+        if not is_equivalent(a, "0"):
+            for wrong in (f"{a}+1", f"2({a})"):
+                if "=" not in a and "," not in a and is_equivalent(a, wrong):
+                    failures.append((a, wrong))
+    assert not failures, failures[:10]
