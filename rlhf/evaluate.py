@@ -378,19 +378,14 @@ def _versions() -> dict[str, str]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from rlhf.train import setup_logging
+    from rlhf.train import run_cli, setup_logging
 
-    try:
+    def evaluate() -> None:
         args = parse_args(argv)
         setup_logging()
         run(args)
-    except (EvalError, DataError, RewardError, FileNotFoundError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        return 130
-    return 0
+
+    return run_cli(evaluate, (EvalError, DataError, RewardError, FileNotFoundError))
 
 
 if __name__ == "__main__":

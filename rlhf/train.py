@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import os
 import sys
+from collections.abc import Callable
 
 from rlhf.checkpoint import CheckpointError
 from rlhf.config import ConfigError, load_config
@@ -31,6 +32,19 @@ def setup_logging() -> None:
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
+def run_cli(action: Callable[[], object], user_errors: tuple[type[BaseException], ...] = USER_ERRORS) -> int:
+    """Run a command's body: a problem the user can fix is one `error: ...` line and exit code 2, not a traceback."""
+    try:
+        action()
+    except user_errors as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if not argv or argv[0] in ("-h", "--help"):
@@ -38,19 +52,14 @@ def main(argv: list[str] | None = None) -> int:
         return 0 if argv else 2
     recipe, overrides = argv[0], argv[1:]
     setup_logging()
-    try:
+
+    def train() -> None:
         cfg = load_config(recipe, overrides)  # every recipe error surfaces here, before any model loads
         from rlhf.trainer import GRPOTrainer
 
-        trainer = GRPOTrainer(cfg, recipe=recipe)
-        trainer.train()
-    except USER_ERRORS as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        return 130
-    return 0
+        GRPOTrainer(cfg, recipe=recipe).train()
+
+    return run_cli(train)
 
 
 if __name__ == "__main__":
