@@ -31,7 +31,7 @@ from rlhf.data import LOCAL_FORMATS, DataError, PromptSet, arithmetic_problems, 
 from rlhf.distributed import all_sum, make_accelerator
 from rlhf.evaluation import greedy_eval
 from rlhf.models import DTYPES, load_policy, load_tokenizer, merged_adapter, resolve_model_path
-from rlhf.rewards import RewardError, RewardFunction, build_reward_functions, score
+from rlhf.rewards import RewardError, RewardFunction, build_reward_functions, score_rollout
 from rlhf.rollout import SamplingParams, generate_batched
 
 REPO = Path(__file__).resolve().parents[1]
@@ -204,8 +204,7 @@ def sampled_eval(
         part = shard.select(list(range(s, min(s + per_chunk, len(shard)))))
         ids, mask = left_pad(part.prompt_ids, tokenizer.pad_token_id)
         out = generate_batched(model, tokenizer, ids, mask, n, params, batch_size)
-        columns = {key: [v for v in vals for _ in range(n)] for key, vals in part.columns.items()}
-        total, _ = score(reward_fns, [p for p in part.texts for _ in range(n)], out.texts, columns)
+        total, _, _ = score_rollout(reward_fns, part.texts, part.columns, out, n)
         ok = (total >= success_threshold - 1e-6).tolist()
         for j in range(len(part)):
             texts, correct = out.texts[j * n : (j + 1) * n], ok[j * n : (j + 1) * n]

@@ -9,7 +9,7 @@ from torch import nn
 
 from rlhf.data import PromptSet, left_pad
 from rlhf.distributed import all_sum
-from rlhf.rewards import RewardFunction, score
+from rlhf.rewards import RewardFunction, score_rollout
 from rlhf.rollout import SamplingParams, generate_batched
 
 
@@ -38,7 +38,7 @@ def greedy_eval(
         part = shard.select(list(range(s, min(s + batch_size, len(shard)))))
         ids, mask = left_pad(part.prompt_ids, tokenizer.pad_token_id)
         out = generate_batched(model, tokenizer, ids, mask, 1, params)
-        total, _ = score(reward_fns, part.texts, out.texts, part.columns)
+        total, _, _ = score_rollout(reward_fns, part.texts, part.columns, out, 1)
         ok = total >= success_threshold - 1e-6
         correct += ok.sum().item()
         reward_sum += total.sum().item()

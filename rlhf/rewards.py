@@ -164,3 +164,16 @@ def score(
         per_fn[rf.name] = t
         total += rf.weight * torch.nan_to_num(t, nan=0.0)
     return total, per_fn
+
+
+def score_rollout(
+    reward_fns: list[RewardFunction], prompts: list[str], columns: dict[str, list], rollout, group_size: int
+) -> tuple[Tensor, dict[str, Tensor], list[str]]:
+    """Score a rollout of `group_size` completions per prompt: each prompt's text and dataset columns are repeated
+    for its completions, and `completion_length` (tokens, with the final EOS) is added for length-shaping rewards.
+    Returns (total [N], per-function [N] each, the repeated prompts)."""
+    repeated = [p for p in prompts for _ in range(group_size)]
+    cols = {key: [v for v in vals for _ in range(group_size)] for key, vals in columns.items()}
+    cols["completion_length"] = rollout.lengths.tolist()
+    total, per_fn = score(reward_fns, repeated, rollout.texts, cols)
+    return total, per_fn, repeated

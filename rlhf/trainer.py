@@ -27,7 +27,7 @@ from rlhf.evaluation import greedy_eval
 from rlhf.losses import aggregate, clipped_pg_loss, kl_penalty, masked_mean
 from rlhf.models import count_parameters, load_policy, load_tokenizer, merged_adapter, reference_policy
 from rlhf.policy import Policy
-from rlhf.rewards import build_reward_functions, score
+from rlhf.rewards import build_reward_functions, score_rollout
 from rlhf.rollout import Rollout, SamplingParams, generate_batched
 from rlhf.run_utils import StopRequest, command_line, flat_config, lr_lambda, progress_bar, seed_everything
 from rlhf.tracking import (
@@ -263,9 +263,7 @@ class GRPOTrainer:
 
                 # 3. rewards
                 t0 = time.perf_counter()
-                prompts = [p for p in ps.texts for _ in range(G)]
-                columns = {key: [v for v in vals for _ in range(G)] for key, vals in ps.columns.items()}
-                rewards, per_fn = score(self.reward_fns, prompts, roll.texts, columns)
+                rewards, per_fn, prompts = score_rollout(self.reward_fns, ps.texts, ps.columns, roll, G)
                 metrics["time/reward"] = time.perf_counter() - t0
 
                 # 4. advantages: groups are whole on each rank; a batch-level std needs every rank's rewards

@@ -99,3 +99,34 @@ def test_numeric_answer_reward():
     got = numeric_answer_reward([""] * len(completions), completions, answer=["57"] * len(completions))
     assert got == [1.0, 1.0, 1.0, 1.0, 1.0, 0.0, 0.0, 0.0, 1.0]
     assert numeric_answer_reward(["q"], ["so 1,234 total"], answer=["He has ... #### 1234"]) == [1.0]
+
+
+def test_dapo_overlong_and_length_penalties():
+    from reward_models.shaping import length_penalty, overlong_penalty
+
+    # max 16, buffer 4: <= 12 tokens -> 0; 14 -> (12 - 14) / 4 = -0.5; 16 -> -1; 20 -> -1 (beyond the limit)
+    got = overlong_penalty([""] * 5, [""] * 5, completion_length=[3, 12, 14, 16, 20], max_tokens=16, buffer=4)
+    assert got == [0.0, 0.0, -0.5, -1.0, -1.0]
+    assert length_penalty([""] * 3, [""] * 3, completion_length=[5, 10, 15], target=10, coef=2.0) == [0.0, 0.0, -1.0]
+    with pytest.raises(ValueError, match="buffer"):
+        overlong_penalty([""], [""], completion_length=[1], max_tokens=4, buffer=8)
+
+
+def test_score_rollout_repeats_prompts_and_columns_and_adds_lengths(tmp_path):
+    from rlhf.rewards import score_rollout
+
+    f = tmp_path / "r.py"
+    f.write_text(
+        "def r(prompts, completions, answer, completion_length, **kw):\n"
+        "    rows = zip(prompts, answer, completion_length)\n"
+        "    return [float(p == 'p1') * 10 + float(a) + n / 100 for p, a, n in rows]\n"
+    )
+    fns = build_reward_functions([RewardSpec(fn=f"{f}:r")])
+
+    class Roll:
+        texts = ["a", "b", "c", "d"]
+        lengths = torch.tensor([1, 2, 3, 4])
+
+    total, _, prompts = score_rollout(fns, ["p0", "p1"], {"answer": ["1", "2"]}, Roll(), group_size=2)
+    assert prompts == ["p0", "p0", "p1", "p1"]
+    torch.testing.assert_close(total, torch.tensor([1.01, 1.02, 12.03, 12.04]))
