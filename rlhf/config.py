@@ -81,6 +81,10 @@ class DataConfig:
     name: str | None = doc("Hub dataset configuration name.", None)
     split: str = doc("Split to train on.", "train")
     prompt_column: str = doc("Column with the prompt: plain text, or a list of chat messages.", "prompt")
+    rename_columns: dict[str, str] = doc(
+        "Columns to rename before use, e.g. {solution: answer} so a MATH solution reaches rewards as `answer`.",
+        factory=dict,
+    )
     system_prompt: str | None = doc("System message put before every prompt (none: the template's default).", None)
     prompt_template: str | None = doc(
         "Format string applied to text prompts; `{prompt}` and any column name are filled in.", None

@@ -74,6 +74,21 @@ def load_rows(path: str, name: str | None = None, split: str = "train") -> list[
     return [dict(r) for r in ds]
 
 
+def rename_columns(rows: list[dict], mapping: dict[str, str]) -> list[dict]:
+    """Rename columns (old -> new) in every row; a name missing from the data is an error that lists the columns."""
+    if not mapping or not rows:
+        return rows
+    missing = [old for old in mapping if old not in rows[0]]
+    if missing:
+        raise DataError(
+            f"data.rename_columns names {missing} which are not columns (columns: {', '.join(sorted(rows[0]))})"
+        )
+    clash = [new for old, new in mapping.items() if new in rows[0] and new not in mapping]
+    if clash:
+        raise DataError(f"data.rename_columns would overwrite the existing columns {clash}; rename those too")
+    return [{mapping.get(k, k): v for k, v in row.items()} for row in rows]
+
+
 def to_messages(row: dict, prompt_column: str, system_prompt: str | None, prompt_template: str | None) -> list[dict]:
     """A row's prompt as chat messages: a text prompt (optionally formatted by the template) or a message list."""
     if prompt_column not in row:

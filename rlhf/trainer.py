@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import math
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,7 +22,7 @@ from rlhf import __version__
 from rlhf.advantages import batch_std_advantages, group_advantages
 from rlhf.checkpoint import load_checkpoint, resolve_resume, save_checkpoint
 from rlhf.config import Config, check_world, save_config
-from rlhf.data import PromptSampler, arithmetic_problems, build_prompt_set, left_pad, load_rows
+from rlhf.data import PromptSampler, arithmetic_problems, build_prompt_set, left_pad, load_rows, rename_columns
 from rlhf.distributed import all_gather_cat, all_sum, configure_deepspeed, gathered_parameters, make_accelerator
 from rlhf.evaluation import greedy_eval
 from rlhf.losses import aggregate, clipped_pg_loss, kl_penalty, masked_mean
@@ -58,6 +59,7 @@ def build_datasets(cfg: Config, tokenizer):
         prompt_template=d.prompt_template,
         max_prompt_tokens=d.max_prompt_tokens,
     )
+    train_rows, eval_rows = rename_columns(train_rows, d.rename_columns), rename_columns(eval_rows, d.rename_columns)
     train = build_prompt_set(train_rows, tokenizer, **fmt)
     evals = None
     if cfg.eval.every and eval_rows:
@@ -438,6 +440,9 @@ class GRPOTrainer:
             "completion/max_len": lengths.max().item(),
             "completion/clipped_frac": truncated.mean().item(),
         }
+        verifier = sys.modules.get("reward_models.math")
+        if verifier is not None:  # the math verifier counts checks that hit its time limit (scored as not equal)
+            m["reward/verifier_timeouts"] = all_sum(acc, verifier.verifier_stats()["timeouts"]).item()
         for rf in self.reward_fns:
             vals = all_gather_cat(acc, per_fn[rf.name])
             ok = ~torch.isnan(vals)

@@ -66,3 +66,27 @@ def test_raising_reward_function(tmp_path, tiny_model_dir):
 def test_help():
     proc = run_cli("--help")
     assert proc.returncode == 0 and "usage: python -m rlhf.train" in proc.stdout
+
+
+def test_reward_failing_mid_run_keeps_saved_checkpoints(tmp_path, tiny_model_dir):
+    from rlhf.checkpoint import list_checkpoints
+
+    fixtures = REPO / "tests" / "reward_fixtures.py"
+    out = tmp_path / "out"
+    line = _error_line(
+        run_cli(
+            RECIPE,
+            f"model.path={tiny_model_dir}",
+            "model.dtype=float32",
+            "eval.every=0",
+            "train.max_steps=5",
+            "train.save_every=1",
+            "rollout.max_new_tokens=4",
+            "logging.report_to=[]",
+            f"output_dir={out}",
+            f"rewards=[{{fn: '{fixtures}:fails_on_third_call'}}]",
+        )
+    )
+    assert "reward function 'fails_on_third_call' failed" in line and "ConnectionError" in line
+    assert [p.name for p in list_checkpoints(out / "checkpoints")] == ["step-000001", "step-000002"]
+    assert not list((out / "checkpoints").glob(".tmp-*"))

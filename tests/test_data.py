@@ -65,3 +65,14 @@ def test_sampler_epochs_and_resume():
     t.load_state_dict(state)
     assert t.take(7) == rest
     assert sorted(first + rest[:2]) == [0, 1, 2, 3, 4]  # one epoch visits every prompt once
+
+
+def test_rename_columns():
+    from rlhf.data import rename_columns
+
+    rows = [{"problem": "p", "solution": "\\boxed{1}"}]
+    assert rename_columns(rows, {"solution": "answer"}) == [{"problem": "p", "answer": "\\boxed{1}"}]
+    with pytest.raises(DataError, match=r"names \['sol'\] which are not columns \(columns: problem, solution\)"):
+        rename_columns(rows, {"sol": "answer"})
+    with pytest.raises(DataError, match=r"overwrite the existing columns \['problem'\]"):
+        rename_columns(rows, {"solution": "problem"})

@@ -32,12 +32,15 @@ REQUIRED = [
 
 @pytest.fixture
 def gsm8k_file(tmp_path):
+    """Word problems in both hub layouts: GSM8K (question / answer) and MATH (problem / solution)."""
     rows = [
         {"question": f"Tom has {i} apples and buys {i + 1} more. How many?", "answer": f"... #### {2 * i + 1}"}
         for i in range(12)
     ]
     path = tmp_path / "gsm8k.jsonl"
     path.write_text("\n".join(json.dumps(r) for r in rows))
+    math_rows = [{"problem": r["question"], "solution": f"So $\\boxed{{{2 * i + 1}}}$."} for i, r in enumerate(rows)]
+    (tmp_path / "math.jsonl").write_text("\n".join(json.dumps(r) for r in math_rows))
     return path
 
 
@@ -62,7 +65,8 @@ def _tiny_overrides(recipe: Path, tiny: str, out: Path, gsm8k: Path) -> list[str
     ]
     cfg = load_config(recipe)
     if cfg.data.path != "arithmetic":
-        over += [f"data.path={gsm8k}", "eval.every=0"]
+        local = gsm8k if cfg.data.prompt_column == "question" else gsm8k.with_name("math.jsonl")
+        over += [f"data.path={local}", "eval.every=0"]
     return over
 
 
