@@ -58,3 +58,46 @@ def gae(rewards: Tensor, values: Tensor, mask: Tensor, gamma: float, lam: float)
         last = (delta + gamma * lam * last) * mask[:, t]
         adv[:, t] = last
     return adv, (adv + values) * mask
+
+
+def rloo_advantages(scores: Tensor, group_size: int) -> Tensor:
+    """REINFORCE leave-one-out (Kool et al. 2019; Ahmadian et al. 2024, arXiv:2402.14740).
+
+    Each completion's baseline is the mean reward of the other G - 1 completions of its prompt:
+    A_i = r_i - (sum_j r_j - r_i) / (G - 1) = G / (G - 1) * (r_i - mean). scores: [N]; returns [N] float32."""
+    if group_size < 2:
+        raise ValueError("RLOO needs at least 2 completions per prompt (rollout.num_generations >= 2)")
+    grouped = scores.float().view(-1, group_size)
+    others = (grouped.sum(dim=1, keepdim=True) - grouped) / (group_size - 1)
+    return (grouped - others).reshape(-1)
+
+
+def discounted_returns(scores: Tensor, mask: Tensor, gamma: float) -> Tensor:
+    """Monte-Carlo return of each token when the only reward is the sequence score on the last token (Williams 1992).
+
+    G_t = gamma^(L - 1 - t) * R for t < L (L = the sequence's length), 0 on padding.
+    scores: [B]; mask: [B, T] with the completion as a prefix; returns [B, T] float32."""
+    mask = mask.float()
+    lengths = mask.sum(-1, keepdim=True)
+    t = torch.arange(mask.shape[1], dtype=torch.float32)[None, :]
+    steps_to_end = (lengths - 1 - t).clamp(min=0)
+    return scores.float()[:, None] * torch.pow(torch.tensor(gamma, dtype=torch.float32), steps_to_end) * mask
+
+
+def whiten(
+    values: Tensor,
+    mask: Tensor,
+    mean: Tensor | float | None = None,
+    std: Tensor | float | None = None,
+    eps: float = 1e-8,
+) -> Tensor:
+    """(x - mean) / (std + eps) over the masked entries; mean and std may be given (e.g. computed over all ranks).
+
+    The global-batch normalisation of REINFORCE++ (Hu et al. 2025, arXiv:2501.03262). Returns 0 where mask is 0."""
+    mask = mask.float()
+    n = mask.sum().clamp(min=1.0)
+    if mean is None:
+        mean = (values * mask).sum() / n
+    if std is None:
+        std = (((values - mean) ** 2 * mask).sum() / (n - 1).clamp(min=1.0)).sqrt()
+    return (values - mean) / (std + eps) * mask

@@ -138,7 +138,13 @@ class RewardSpec:
 class AlgorithmConfig:
     """Advantage estimator and policy loss."""
 
-    name: Literal["grpo"] = doc("Algorithm. GRPO: DeepSeekMath, arXiv:2402.03300.", "grpo")
+    name: Literal["grpo", "rloo", "reinforce", "reinforce_baseline", "reinforce_pp"] = doc(
+        "Advantage estimator. grpo: group-normalised (DeepSeekMath, arXiv:2402.03300); rloo: leave-one-out baseline "
+        "(arXiv:2402.14740); reinforce: Monte-Carlo return, no baseline (Williams 1992); reinforce_baseline: minus "
+        "the batch-mean reward; reinforce_pp: returns whitened over the global batch (REINFORCE++, arXiv:2501.03262).",
+        "grpo",
+    )
+    gamma: float = doc("Discount of the Monte-Carlo return (the REINFORCE estimators); 1.0 = undiscounted.", 1.0)
     beta: float = doc("KL-to-reference coefficient; 0 skips all reference work.", 0.0)
     kl_estimator: Literal["k1", "k2", "k3"] = doc(
         "Per-token estimator of KL(pi || pi_ref) (Schulman, 'Approximating KL divergence', 2020).", "k3"
@@ -392,9 +398,10 @@ def validate(cfg: Config) -> None:
 
     r, t, a, o = cfg.rollout, cfg.train, cfg.algorithm, cfg.optim
     need(
-        r.num_generations >= 2 or a.name != "grpo",
-        "rollout.num_generations must be >= 2 for GRPO (a group of one has no baseline)",
+        r.num_generations >= 2 or a.name not in ("grpo", "rloo"),
+        f"rollout.num_generations must be >= 2 for {a.name} (a group of one has no baseline)",
     )
+    need(0 < a.gamma <= 1, "algorithm.gamma must be in (0, 1]")
     need(r.max_new_tokens >= 1, "rollout.max_new_tokens must be >= 1")
     need(r.temperature > 0, "rollout.temperature must be > 0 (use eval for greedy decoding)")
     need(0 < r.top_p <= 1, "rollout.top_p must be in (0, 1]")

@@ -19,7 +19,13 @@ import torch
 from torch import Tensor
 
 from rlhf import __version__
-from rlhf.advantages import batch_std_advantages, group_advantages
+from rlhf.advantages import (
+    batch_std_advantages,
+    discounted_returns,
+    group_advantages,
+    rloo_advantages,
+    whiten,
+)
 from rlhf.checkpoint import load_checkpoint, resolve_resume, save_checkpoint
 from rlhf.config import Config, check_world, save_config
 from rlhf.data import PromptSampler, arithmetic_problems, build_prompt_set, left_pad, load_rows, rename_columns
@@ -74,7 +80,7 @@ class StepBatch:
     """A rollout with everything the update needs. Rows are sequences, [B, C] on completion tokens."""
 
     rollout: Rollout
-    advantages: Tensor  # [B] float32 sequence advantages
+    advantages: Tensor  # [B, C] float32 per-token advantages
     loss_mask: Tensor  # [B, C] completion mask, minus truncated rows when masked
     old_logprobs: Tensor | None  # [B, C] or None when the update is exactly on-policy
     ref_logprobs: Tensor | None  # [B, C] or None when beta == 0
@@ -112,7 +118,7 @@ class StepBatch:
         )
         cut = lambda t: None if t is None else t[:, :width]
         return StepBatch(
-            sub, self.advantages, self.loss_mask[:, :width], cut(self.old_logprobs), cut(self.ref_logprobs)
+            sub, self.advantages[:, :width], self.loss_mask[:, :width], cut(self.old_logprobs), cut(self.ref_logprobs)
         )
 
 
@@ -268,14 +274,11 @@ class GRPOTrainer:
                 rewards, per_fn, prompts = score_rollout(self.reward_fns, ps.texts, ps.columns, roll, G)
                 metrics["time/reward"] = time.perf_counter() - t0
 
-                # 4. advantages: groups are whole on each rank; a batch-level std needs every rank's rewards
-                if a.std_level == "batch" and a.scale_by_std:
-                    adv = batch_std_advantages(rewards, G, std=all_gather_cat(acc, rewards).std())
-                else:
-                    adv = group_advantages(rewards, G, scale_by_std=a.scale_by_std)
+                # 4. advantages, [B, C] per token
                 loss_mask = roll.completion_mask.clone()
                 if r.mask_truncated:
                     loss_mask[roll.truncated] = 0
+                adv = self.advantages(rewards, loss_mask)
                 batch = StepBatch(roll, adv, loss_mask, None, None)
 
                 # 5. reference and pre-update log-probs (skipped when beta == 0 / when exactly on-policy)
@@ -329,6 +332,30 @@ class GRPOTrainer:
         acc.end_training()
         return last_metrics
 
+    def advantages(self, rewards: Tensor, mask: Tensor) -> Tensor:
+        """[B] sequence scores -> [B, C] per-token advantages for the configured estimator. Groups are whole on each
+        rank; statistics over the batch (batch std, REINFORCE baselines) are taken over every rank's rows."""
+        a, G, acc = self.cfg.algorithm, self.cfg.rollout.num_generations, self.accelerator
+        if a.name == "grpo":
+            if a.std_level == "batch" and a.scale_by_std:
+                seq = batch_std_advantages(rewards, G, std=all_gather_cat(acc, rewards).std())
+            else:
+                seq = group_advantages(rewards, G, scale_by_std=a.scale_by_std)
+            return seq[:, None] * mask.float()
+        if a.name == "rloo":
+            return rloo_advantages(rewards, G)[:, None] * mask.float()
+        if a.name == "reinforce":
+            return discounted_returns(rewards, mask, a.gamma)
+        if a.name == "reinforce_baseline":
+            return discounted_returns(rewards - all_gather_cat(acc, rewards).mean(), mask, a.gamma)
+        # reinforce_pp: returns whitened over every token of the global batch
+        returns = discounted_returns(rewards, mask, a.gamma)
+        m = mask.float()
+        n = all_sum(acc, m.sum()).clamp(min=1.0)
+        mean = all_sum(acc, (returns * m).sum()) / n
+        var = all_sum(acc, ((returns - mean.float()) ** 2 * m).sum()) / (n - 1).clamp(min=1.0)
+        return whiten(returns, m, mean=mean.float(), std=var.sqrt().float())
+
     def update(self, batch: StepBatch) -> dict[str, float]:
         """mu passes over the batch; each pass splits it into minibatches, one optimizer step each."""
         cfg, acc = self.cfg, self.accelerator
@@ -360,7 +387,7 @@ class GRPOTrainer:
                         out, mb = self.policy_logprobs(micro, with_entropy=True)
                         lp = out.logprobs
                         old = lp.detach() if mb.old_logprobs is None else mb.old_logprobs
-                        adv = mb.advantages[:, None].expand_as(lp)
+                        adv = mb.advantages
                         loss, pg = clipped_pg_loss(
                             lp,
                             old,

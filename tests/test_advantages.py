@@ -74,3 +74,35 @@ def test_gae_special_cases():
     adv, ret = gae(rewards, torch.zeros(1, 3), mask, 1.0, 1.0)
     torch.testing.assert_close(adv, torch.tensor([[1.0, 1.0, 1.0]]))
     torch.testing.assert_close(ret, adv)
+
+
+def test_rloo_hand_values():
+    from rlhf.advantages import rloo_advantages
+
+    # group [1, 0, 0, 1]: baseline of item 0 = (0 + 0 + 1) / 3 = 1/3 -> A = 2/3; item 1: (1 + 0 + 1) / 3 -> -2/3
+    adv = rloo_advantages(torch.tensor([1.0, 0.0, 0.0, 1.0]), group_size=4)
+    torch.testing.assert_close(adv, torch.tensor([2 / 3, -2 / 3, -2 / 3, 2 / 3]))
+    # group of 2 [3, 1]: A = [3 - 1, 1 - 3] = [2, -2]
+    torch.testing.assert_close(rloo_advantages(torch.tensor([3.0, 1.0]), 2), torch.tensor([2.0, -2.0]))
+
+
+def test_discounted_returns_hand_values():
+    from rlhf.advantages import discounted_returns
+
+    mask = torch.tensor([[1.0, 1.0, 1.0, 0.0], [1.0, 0.0, 0.0, 0.0]])
+    ret = discounted_returns(torch.tensor([2.0, -1.0]), mask, gamma=0.5)
+    # sequence 1 (L = 3): [2 * 0.25, 2 * 0.5, 2, 0]; sequence 2 (L = 1): [-1, 0, 0, 0]
+    torch.testing.assert_close(ret, torch.tensor([[0.5, 1.0, 2.0, 0.0], [-1.0, 0.0, 0.0, 0.0]]))
+    torch.testing.assert_close(
+        discounted_returns(torch.tensor([2.0, -1.0]), mask, 1.0),
+        torch.tensor([[2.0, 2.0, 2.0, 0.0], [-1.0, 0.0, 0.0, 0.0]]),
+    )
+
+
+def test_whiten_over_masked_entries():
+    from rlhf.advantages import whiten
+
+    values = torch.tensor([[1.0, 3.0, 99.0]])
+    mask = torch.tensor([[1.0, 1.0, 0.0]])
+    # mean 2, unbiased std sqrt(2) -> [-1/sqrt2, 1/sqrt2, 0]
+    torch.testing.assert_close(whiten(values, mask), torch.tensor([[-(0.5**0.5), 0.5**0.5, 0.0]]))

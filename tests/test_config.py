@@ -51,7 +51,7 @@ def test_wrong_type_names_key():
 
 
 def test_impossible_combinations():
-    with pytest.raises(ConfigError, match="num_generations must be >= 2"):
+    with pytest.raises(ConfigError, match="num_generations must be >= 2 for grpo"):
         load_config(None, ["rollout.num_generations=1"])
     with pytest.raises(ConfigError, match="exceed"):
         load_config(None, ["data.arithmetic.max_operand=12", "data.arithmetic.num_train=100"])

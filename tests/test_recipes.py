@@ -146,3 +146,20 @@ def test_mask_truncated_leaves_truncated_rows_out_of_the_loss(tiny_model_dir, tm
     for n, p in trainer.peft_model.named_parameters():
         if n in before:
             assert torch.equal(p, before[n]), n
+
+
+@pytest.mark.parametrize("name", ["grpo", "rloo", "reinforce", "reinforce_baseline", "reinforce_pp"])
+def test_every_advantage_estimator_trains(name, tiny_model_dir, tmp_path, gsm8k_file):
+    recipe = REPO / "recipes" / "grpo_arithmetic_smollm2.yaml"
+    over = _tiny_overrides(recipe, tiny_model_dir, tmp_path / "run", gsm8k_file) + [
+        f"algorithm.name={name}",
+        "algorithm.gamma=0.9",
+        "eval.every=0",
+        "train.max_steps=1",
+    ]
+    trainer = GRPOTrainer(load_config(recipe, over))
+    before = {n: p.detach().clone() for n, p in trainer.peft_model.named_parameters() if "lora_B" in n}
+    trainer.train()
+    row = json.loads((tmp_path / "run" / "metrics.jsonl").read_text().splitlines()[-1])
+    assert torch.isfinite(torch.tensor(row["loss/policy"])) and row["optim/updates"] == 1
+    assert any(not torch.equal(p, before[n]) for n, p in trainer.peft_model.named_parameters() if n in before)
