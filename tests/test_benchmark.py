@@ -1,0 +1,84 @@
+"""The benchmark CLI on the tiny model (one warm-up, one timed step) and its lower-bound arithmetic by hand."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from transformers import LlamaConfig, LlamaForCausalLM
+
+from rlhf.benchmark import (
+    forward_bound_s,
+    generation_bound_s,
+    main,
+    non_embedding_params,
+    training_bound_s,
+    training_flops,
+    weight_bytes,
+)
+
+REPO = Path(__file__).resolve().parents[1]
+RECIPE = REPO / "recipes" / "grpo_arithmetic_smollm2.yaml"
+
+
+def test_generation_bound_by_hand():
+    # 135M bf16 parameters = 270 MB read per decode step; at 9 GB/s that is 30 ms a step
+    assert generation_bound_s(1, 135e6 * 2, 9e9) == pytest.approx(0.030)
+    assert generation_bound_s(64, 270e6, 9e9) == pytest.approx(64 * 0.030)
+
+
+def test_training_bound_by_hand():
+    # 100M non-embedding parameters x 1,000 tokens x 6 = 6e11 FLOP; at 2.2e12 FLOP/s that is 0.2727 s
+    assert training_flops(100e6, 1000) == pytest.approx(6e11)
+    assert training_bound_s(100e6, 1000, 2.2e12) == pytest.approx(6e11 / 2.2e12)
+    assert forward_bound_s(100e6, 1000, 2.2e12) == pytest.approx(training_bound_s(100e6, 1000, 2.2e12) / 3)
+
+
+@pytest.mark.parametrize("tied", [True, False])
+def test_parameter_counts(tied):
+    cfg = LlamaConfig(
+        vocab_size=100,
+        hidden_size=16,
+        intermediate_size=32,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        num_key_value_heads=2,
+        tie_word_embeddings=tied,
+    )
+    model = LlamaForCausalLM(cfg).to(torch.bfloat16)
+    total = sum(p.numel() for p in model.parameters())  # parameters() already lists a tied tensor once
+    assert weight_bytes(model) == 2 * total
+    # the input embedding is a lookup; a tied head is the same tensor and does cost FLOPs
+    assert non_embedding_params(model) == (total if tied else total - 100 * 16)
+
+
+def test_benchmark_json_on_tiny_model(tiny_model_dir, capsys):
+    overrides = [
+        f"model.path={tiny_model_dir}",
+        "model.dtype=float32",
+        "train.prompts_per_step=2",
+        "train.micro_batch_size=3",
+        "rollout.num_generations=3",
+        "rollout.max_new_tokens=6",
+        "optim.warmup_steps=0",
+        "data.arithmetic.num_train=20",
+        "data.arithmetic.num_eval=5",
+    ]
+    assert main([str(RECIPE), *overrides, "--steps", "1", "--warmup", "1", "--json"]) == 0
+    res = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert res["steps"] == 1 and res["warmup"] == 1 and res["dtype"] == "float32"
+    assert res["sequences_per_step"] == 6 and res["max_new_tokens"] == 6
+    for key in ("step_s", "gen_tokens_per_s", "trained_tokens_per_s", "peak_memory_mb", "prompt_mean_len"):
+        assert res[key] > 0, key
+    assert set(res["stages"]) == {"rollout", "ref", "reward", "update", "step"}
+    for name in ("rollout", "update", "step"):
+        assert res["stages"][name]["s"] > 0, name
+    for name in ("rollout", "update"):
+        st = res["stages"][name]
+        assert st["bound_s"] > 0 and st["ratio"] == pytest.approx(st["s"] / st["bound_s"])
+    assert res["stages"]["ref"]["bound_s"] is None  # beta 0 and on-policy: no scoring pass
+    est = res["estimate"]
+    assert est["bandwidth"] == 9e9 and est["peak_flops"] == 4.3e11  # CPU float32 defaults
+    assert est["weight_bytes"] > 0 and est["non_embedding_params"] > 0 and est["decode_steps"] >= 1
