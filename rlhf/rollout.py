@@ -90,8 +90,17 @@ def sample_next(logits: Tensor, params: SamplingParams) -> tuple[Tensor, Tensor]
         drop_sorted = probs.cumsum(-1) - probs >= params.top_p
         drop = torch.zeros_like(drop_sorted).scatter(-1, order, drop_sorted)
         filtered = filtered.masked_fill(drop, -math.inf)
-    tokens = torch.multinomial(filtered.softmax(-1), 1).squeeze(-1)
+    tokens = _sample_categorical(filtered.softmax(-1))
     return tokens, logp.gather(-1, tokens[:, None]).squeeze(-1)
+
+
+def _sample_categorical(probs: Tensor) -> Tensor:
+    """One draw per row by inverting the CDF: B uniform numbers instead of `multinomial`'s B x V exponential draws,
+    which took a quarter of each decoding step over a 49k vocabulary on CPU. Zero-probability tokens are never picked:
+    the CDF does not rise at them and the search takes the first index where it exceeds u."""
+    cdf = probs.cumsum(-1)
+    u = torch.rand(probs.shape[0], 1, dtype=cdf.dtype, device=cdf.device) * cdf[:, -1:]
+    return torch.searchsorted(cdf, u, right=True).squeeze(-1).clamp(max=probs.shape[-1] - 1)
 
 
 class StopChecker:
@@ -112,7 +121,7 @@ class StopChecker:
         return hit
 
 
-@torch.no_grad()
+@torch.no_grad()  # not inference_mode: the rollout's tensors are inputs of the training graph afterwards
 def generate(
     model: nn.Module,
     tokenizer,

@@ -147,3 +147,14 @@ def test_shared_prompt_forward_equals_plain_forward_and_gradients(policy, tokeni
         torch.testing.assert_close(grads[0][n], grads[1][n], atol=2e-4, rtol=1e-3)  # summation order only
     # rows whose prompts differ inside a "group" fall back to the plain path
     assert not pol._shares_prompts(out.prompt_ids[2:6], out.prompt_mask[2:6], 2)
+
+
+def test_categorical_sampler_matches_probabilities_and_skips_zero_mass():
+    from rlhf.rollout import _sample_categorical
+
+    torch.manual_seed(0)
+    probs = torch.tensor([[0.0, 0.2, 0.0, 0.5, 0.3, 0.0]]).repeat(20000, 1)
+    tokens = _sample_categorical(probs)
+    freq = torch.bincount(tokens, minlength=6).float() / len(tokens)
+    assert freq[[0, 2, 5]].sum() == 0
+    torch.testing.assert_close(freq, probs[0], atol=0.015, rtol=0)
