@@ -101,3 +101,18 @@ def whiten(
     if std is None:
         std = (((values - mean) ** 2 * mask).sum() / (n - 1).clamp(min=1.0)).sqrt()
     return (values - mean) / (std + eps) * mask
+
+
+def token_rewards(scores: Tensor, kl: Tensor, mask: Tensor, kl_coef: float) -> Tensor:
+    """Per-token rewards of RLHF PPO (Ziegler et al. 2019; Ouyang et al. 2022): -kl_coef * KL_t on every completion
+    token, plus the sequence score on its last token.
+
+    scores: [B]; kl: [B, T] per-token KL estimate to the reference (zeros for none); mask: [B, T] with the completion
+    as a prefix. Returns [B, T] float32, 0 on padding."""
+    mask = mask.float()
+    rewards = -kl_coef * kl.float() * mask
+    last = (mask.sum(-1).long() - 1).clamp(min=0)
+    has_tokens = mask.sum(-1) > 0
+    rows = torch.arange(len(scores))
+    rewards[rows[has_tokens], last[has_tokens]] += scores.float()[has_tokens]
+    return rewards

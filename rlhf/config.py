@@ -135,19 +135,67 @@ class RewardSpec:
 
 
 @dataclass
+class TRPOConfig:
+    """Natural-gradient step by conjugate gradient on Fisher-vector products, scaled to a KL radius, with a
+    backtracking line search (Schulman et al. 2015, arXiv:1502.05477)."""
+
+    max_kl: float = doc("Trust-region radius delta: mean per-token KL(pi_old || pi_new) of the accepted step.", 0.01)
+    cg_iters: int = doc("Conjugate-gradient iterations.", 10)
+    damping: float = doc("Added to the Fisher matrix (F + damping * I) for a well-posed solve.", 0.1)
+    backtrack_steps: int = doc("Line-search tries before the step is rejected.", 10)
+    backtrack_ratio: float = doc("Step shrink factor per line-search try.", 0.5)
+
+
+@dataclass
 class AlgorithmConfig:
     """Advantage estimator and policy loss."""
 
-    name: Literal["grpo", "rloo", "reinforce", "reinforce_baseline", "reinforce_pp"] = doc(
-        "Advantage estimator. grpo: group-normalised (DeepSeekMath, arXiv:2402.03300); rloo: leave-one-out baseline "
-        "(arXiv:2402.14740); reinforce: Monte-Carlo return, no baseline (Williams 1992); reinforce_baseline: minus "
-        "the batch-mean reward; reinforce_pp: returns whitened over the global batch (REINFORCE++, arXiv:2501.03262).",
-        "grpo",
+    name: Literal["grpo", "rloo", "reinforce", "reinforce_baseline", "reinforce_pp", "ppo", "actor_critic", "trpo"] = (
+        doc(
+            "Advantage estimator and update. grpo: group-normalised (DeepSeekMath, arXiv:2402.03300); rloo: leave-one-"
+            "out baseline (arXiv:2402.14740); reinforce: Monte-Carlo return, no baseline (Williams 1992); "
+            "reinforce_baseline: minus the batch-mean reward; reinforce_pp: returns whitened over the global batch "
+            "(REINFORCE++, arXiv:2501.03262); ppo: GAE on a learned value with per-token KL in the reward (Schulman "
+            "2017; Ziegler 2019); actor_critic: the same advantages, one on-policy gradient step; trpo: the same "
+            "advantages, a natural-gradient step inside a KL trust region (Schulman 2015).",
+            "grpo",
+        )
     )
-    gamma: float = doc("Discount of the Monte-Carlo return (the REINFORCE estimators); 1.0 = undiscounted.", 1.0)
-    beta: float = doc("KL-to-reference coefficient; 0 skips all reference work.", 0.0)
-    kl_estimator: Literal["k1", "k2", "k3"] = doc(
-        "Per-token estimator of KL(pi || pi_ref) (Schulman, 'Approximating KL divergence', 2020).", "k3"
+    gamma: float = doc("Discount of returns (REINFORCE estimators, GAE); 1.0 = undiscounted.", 1.0)
+    lam: float = doc(
+        "GAE lambda (Schulman et al. 2016, arXiv:1506.02438): 1 = Monte-Carlo return minus V, 0 = one-step TD error.",
+        0.95,
+    )
+    beta: float = doc(
+        "KL-to-reference coefficient; 0 skips all reference work. A loss term for the grpo/rloo/reinforce family; a "
+        "per-token reward penalty for ppo/actor_critic/trpo (the initial value when kl_target is set).",
+        0.0,
+    )
+    kl_target: float | None = doc(
+        "Adaptive KL coefficient (Ziegler et al. 2019, arXiv:1909.08593): beta is scaled each step towards this "
+        "per-sequence KL; none = fixed beta. ppo/actor_critic/trpo only.",
+        None,
+    )
+    kl_horizon: int = doc("Horizon of the adaptive KL controller, in sequences.", 10000)
+    missing_eos_penalty: float = doc(
+        "Subtracted from the score of a completion that hit max_new_tokens without an EOS (ppo/actor_critic/trpo).",
+        0.0,
+    )
+    reward_norm: Literal["none", "batch", "running"] = doc(
+        "Normalise sequence scores before the KL penalty (ppo/actor_critic/trpo): over this step's batch, or with "
+        "running mean/std over all steps so far.",
+        "none",
+    )
+    whiten_advantages: bool = doc("Whiten GAE advantages over the global batch (ppo/actor_critic/trpo).", True)
+    target_kl: float | None = doc(
+        "Early stop: skip this step's remaining minibatch updates once the approximate KL to the rollout policy "
+        "exceeds this (ppo); none = off.",
+        None,
+    )
+    kl_estimator: Literal["k1", "k2", "k3"] | None = doc(
+        "Per-token estimator of KL(pi || pi_ref) (Schulman, 'Approximating KL divergence', 2020); none = k3 as a "
+        "loss term (grpo/rloo/reinforce family), k1 as a reward penalty (ppo/actor_critic/trpo).",
+        None,
     )
     scale_by_std: bool = doc("Divide advantages by the std of the rewards; false = Dr. GRPO (arXiv:2503.20783).", True)
     std_level: Literal["group", "batch"] = doc("Std over each prompt's group, or over the whole batch.", "group")
@@ -162,6 +210,27 @@ class AlgorithmConfig:
     num_minibatches: int = doc(
         "Optimizer steps per pass: a rollout step generates prompts_per_step x num_minibatches prompts.", 1
     )
+    trpo: TRPOConfig = doc("Trust-region step (algorithm.name = trpo).", factory=TRPOConfig)
+
+
+@dataclass
+class ValueConfig:
+    """The value model of ppo/actor_critic/trpo."""
+
+    model: Literal["head", "separate"] = doc(
+        "head: a scalar head on the policy's last hidden state, sharing its LoRA trunk (one forward gives log-probs "
+        "and values); separate: a critic with its own trunk and LoRA.",
+        "head",
+    )
+    init_from: str | None = doc(
+        "Separate critic only: a reward model saved by `python -m reward_models.train_rm` (its trunk and score "
+        "head); none = the policy's base weights with a zero head.",
+        None,
+    )
+    lr: float | None = doc("Learning rate of the value parameters; none = optim.lr.", None)
+    coef: float = doc("Weight of the value loss in the total loss.", 0.1)
+    clip: float = doc("Value clip range around the rollout-time values (PPO2); 0 = unclipped.", 0.2)
+    warmup_steps: int = doc("First steps that train only the value model (the policy is left unchanged).", 0)
 
 
 @dataclass
@@ -234,6 +303,7 @@ class Config:
         "Reward functions.", factory=lambda: [RewardSpec(fn="reward_models.numeric:numeric_answer_reward")]
     )
     algorithm: AlgorithmConfig = doc("Algorithm.", factory=AlgorithmConfig)
+    value: ValueConfig = doc("Value model (ppo, actor_critic, trpo).", factory=ValueConfig)
     optim: OptimConfig = doc("Optimizer.", factory=OptimConfig)
     train: TrainConfig = doc("Loop.", factory=TrainConfig)
     eval: EvalConfig = doc("Evaluation.", factory=EvalConfig)
@@ -402,6 +472,32 @@ def validate(cfg: Config) -> None:
         f"rollout.num_generations must be >= 2 for {a.name} (a group of one has no baseline)",
     )
     need(0 < a.gamma <= 1, "algorithm.gamma must be in (0, 1]")
+    need(0 <= a.lam <= 1, "algorithm.lam must be in [0, 1]")
+    need(a.kl_target is None or a.kl_target > 0, "algorithm.kl_target must be > 0 (or none for a fixed beta)")
+    need(a.kl_target is None or a.beta > 0, "algorithm.kl_target needs an initial algorithm.beta > 0 to adapt")
+    need(a.kl_horizon >= 1, "algorithm.kl_horizon must be >= 1")
+    need(a.target_kl is None or a.target_kl > 0, "algorithm.target_kl must be > 0 (or none)")
+    v, tr = cfg.value, a.trpo
+    need(v.coef >= 0 and v.clip >= 0 and v.warmup_steps >= 0, "value.coef, value.clip, value.warmup_steps must be >= 0")
+    need(v.lr is None or v.lr > 0, "value.lr must be > 0 (or none = optim.lr)")
+    need(
+        v.init_from is None or v.model == "separate",
+        "value.init_from needs value.model: separate (a reward model's trunk cannot be the policy's)",
+    )
+    need(
+        a.name != "actor_critic" or (a.num_iterations == 1 and a.num_minibatches == 1),
+        "actor_critic is one on-policy step per rollout: set algorithm.num_iterations and num_minibatches to 1 "
+        "(or use algorithm.name: ppo for several clipped passes)",
+    )
+    need(
+        a.name != "trpo" or (a.num_iterations == 1 and a.num_minibatches == 1),
+        "trpo takes one trust-region step per rollout: set algorithm.num_iterations and num_minibatches to 1",
+    )
+    need(
+        tr.max_kl > 0 and tr.cg_iters >= 1 and tr.damping >= 0,
+        "algorithm.trpo: max_kl > 0, cg_iters >= 1, damping >= 0",
+    )
+    need(tr.backtrack_steps >= 1 and 0 < tr.backtrack_ratio < 1, "algorithm.trpo: backtrack_steps >= 1, 0 < ratio < 1")
     need(r.max_new_tokens >= 1, "rollout.max_new_tokens must be >= 1")
     need(r.temperature > 0, "rollout.temperature must be > 0 (use eval for greedy decoding)")
     need(0 < r.top_p <= 1, "rollout.top_p must be in (0, 1]")

@@ -96,3 +96,43 @@ def clipped_pg_loss(
             "ratio_mean": masked_mean(ratio, mask),
         }
     return loss, metrics
+
+
+def clipped_value_loss(
+    values: Tensor,
+    old_values: Tensor,
+    returns: Tensor,
+    mask: Tensor,
+    clip: float = 0.2,
+    agg: str = "token-mean",
+    num_tokens: float | None = None,
+    max_len: int | None = None,
+    num_seqs: float | None = None,
+) -> tuple[Tensor, dict[str, Tensor]]:
+    """PPO2's value loss: 0.5 * max((V - R)^2, (V_clip - R)^2), V_clip = V_old + clamp(V - V_old, -clip, clip).
+
+    The clip keeps one update from moving a value estimate far from the one the advantages were computed with;
+    clip = 0 gives the plain 0.5 * (V - R)^2. values, old_values, returns, mask: [B, T] float.
+    Returns (scalar loss aggregated like the policy loss, {"clipfrac"} over masked tokens).
+    """
+    values, old_values, returns = values.float(), old_values.float(), returns.float()
+    unclipped = (values - returns).square()
+    if clip > 0:
+        v_clipped = old_values + torch.clamp(values - old_values, -clip, clip)
+        clipped = (v_clipped - returns).square()
+        per_token = 0.5 * torch.maximum(unclipped, clipped)
+        frac = masked_mean((clipped > unclipped).float(), mask).detach()
+    else:
+        per_token = 0.5 * unclipped
+        frac = torch.zeros(())
+    return aggregate(per_token, mask, agg, num_tokens, max_len, num_seqs), {"clipfrac": frac}
+
+
+def explained_variance(values: Tensor, returns: Tensor, mask: Tensor) -> float:
+    """1 - Var(R - V) / Var(R) over masked tokens: 1 = V predicts the returns, 0 = no better than their mean,
+    negative = worse. NaN when the returns do not vary."""
+    m = mask.bool()
+    r, v = returns[m].float(), values[m].float()
+    if r.numel() < 2 or r.var() == 0:
+        return float("nan")
+    return (1.0 - (r - v).var() / r.var()).item()

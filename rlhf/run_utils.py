@@ -66,12 +66,12 @@ def command_line() -> str:
     return f"python {shlex.quote(sys.argv[0])} {args}".strip()
 
 
-def progress_bar(total: int, start: int, enabled: bool):
+def progress_bar(total: int, start: int, enabled: bool, desc: str = "train"):
     if not enabled:
         return None
     from tqdm.auto import tqdm
 
-    return tqdm(total=total, initial=start, desc="GRPO", unit="step", dynamic_ncols=True)
+    return tqdm(total=total, initial=start, desc=desc, unit="step", dynamic_ncols=True)
 
 
 def flat_config(cfg: Config) -> dict:

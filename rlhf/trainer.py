@@ -1,9 +1,11 @@
-"""The GRPO training loop, read top to bottom as numbered steps.
+"""The training loop of every algorithm, read top to bottom as numbered steps.
 
 One step: (1) take this rank's prompts, (2) sample G completions each with the adapter merged, (3) score them,
-(4) group-normalise the rewards into advantages, (5) log-probs of the reference (beta > 0) and of the policy before
-the update (only when the update is not exactly on-policy), (6) mu passes of clipped-surrogate updates over
-minibatches with gradient accumulation, (7) log, evaluate, checkpoint.
+(4) log-probs of the reference (beta > 0), of the policy before the update (when the update is not exactly
+on-policy) and the rollout-time values (value-model algorithms), (5) advantages: group-normalised / leave-one-out /
+Monte-Carlo returns for the grpo family, GAE on per-token rewards for ppo, actor_critic and trpo, (6) mu passes of
+clipped-surrogate updates over minibatches with gradient accumulation (plus the value loss), or TRPO's trust-region
+step, (7) log, evaluate, checkpoint.
 """
 
 from __future__ import annotations
@@ -22,16 +24,19 @@ from rlhf import __version__
 from rlhf.advantages import (
     batch_std_advantages,
     discounted_returns,
+    gae,
     group_advantages,
     rloo_advantages,
+    token_rewards,
     whiten,
 )
 from rlhf.checkpoint import load_checkpoint, resolve_resume, save_checkpoint
-from rlhf.config import Config, check_world, save_config
+from rlhf.config import Config, ConfigError, check_world, save_config
 from rlhf.data import PromptSampler, arithmetic_problems, build_prompt_set, left_pad, load_rows, rename_columns
 from rlhf.distributed import all_gather_cat, all_sum, configure_deepspeed, gathered_parameters, make_accelerator
 from rlhf.evaluation import greedy_eval
-from rlhf.losses import aggregate, clipped_pg_loss, kl_penalty, masked_mean
+from rlhf.kl_control import KLController, RunningMoments
+from rlhf.losses import aggregate, clipped_pg_loss, clipped_value_loss, kl_penalty, masked_mean
 from rlhf.models import count_parameters, load_policy, load_tokenizer, merged_adapter, reference_policy
 from rlhf.policy import Policy
 from rlhf.rewards import build_reward_functions, score_rollout
@@ -44,8 +49,12 @@ from rlhf.tracking import (
     format_samples,
     truncate_metrics_file,
 )
+from rlhf.trpo import trpo_update
 
 log = logging.getLogger("rlhf")
+
+# algorithms with a value model: GAE advantages on per-token rewards that carry the KL penalty
+VALUE_ALGORITHMS = ("ppo", "actor_critic", "trpo")
 
 
 def build_datasets(cfg: Config, tokenizer):
@@ -82,8 +91,22 @@ class StepBatch:
     rollout: Rollout
     advantages: Tensor  # [B, C] float32 per-token advantages
     loss_mask: Tensor  # [B, C] completion mask, minus truncated rows when masked
-    old_logprobs: Tensor | None  # [B, C] or None when the update is exactly on-policy
-    ref_logprobs: Tensor | None  # [B, C] or None when beta == 0
+    old_logprobs: Tensor | None = None  # [B, C] or None when the update is exactly on-policy
+    ref_logprobs: Tensor | None = None  # [B, C] or None when beta == 0
+    old_values: Tensor | None = None  # [B, C] V(s_t) at rollout time (value-model algorithms)
+    returns: Tensor | None = None  # [B, C] value targets (GAE advantages + old values)
+
+    def _map(self, rollout: Rollout, fn) -> StepBatch:
+        opt = lambda t: None if t is None else fn(t)
+        return StepBatch(
+            rollout,
+            fn(self.advantages),
+            fn(self.loss_mask),
+            opt(self.old_logprobs),
+            opt(self.ref_logprobs),
+            opt(self.old_values),
+            opt(self.returns),
+        )
 
     def rows(self, idx: slice) -> StepBatch:
         r = self.rollout
@@ -96,10 +119,7 @@ class StepBatch:
             r.truncated[idx],
             r.texts[idx],
         )
-        pick = lambda t: None if t is None else t[idx]
-        return StepBatch(
-            sub, self.advantages[idx], self.loss_mask[idx], pick(self.old_logprobs), pick(self.ref_logprobs)
-        )
+        return self._map(sub, lambda t: t[idx])
 
     def trimmed(self) -> StepBatch:
         """Drop columns that are padding in every row (a micro-batch is often much shorter than the longest row)."""
@@ -116,13 +136,10 @@ class StepBatch:
             r.truncated,
             r.texts,
         )
-        cut = lambda t: None if t is None else t[:, :width]
-        return StepBatch(
-            sub, self.advantages[:, :width], self.loss_mask[:, :width], cut(self.old_logprobs), cut(self.ref_logprobs)
-        )
+        return self._map(sub, lambda t: t[:, :width])
 
 
-class GRPOTrainer:
+class Trainer:
     def __init__(self, cfg: Config, recipe: str = "(config built in code)"):
         self.cfg = cfg
         self.recipe = recipe
@@ -163,19 +180,28 @@ class GRPOTrainer:
         n_train, n_all = count_parameters(model)
         log.info("policy %s: %.2fM trainable of %.1fM parameters", m.path, n_train / 1e6, n_all / 1e6)
         self.peft_model = model
+        a = cfg.algorithm
+        self.uses_value = a.name in VALUE_ALGORITHMS
+        value_model = self.build_value_model(model) if self.uses_value else None
+        if a.name == "trpo" and acc.distributed_type.name == "DEEPSPEED":
+            raise ConfigError(
+                "algorithm.name=trpo takes its natural-gradient step outside the optimizer, which DeepSpeed owns; "
+                "launch it single-process or with recipes/accelerate/ddp.yaml"
+            )
         o = cfg.optim
-        optimizer = torch.optim.AdamW(
-            [p for p in model.parameters() if p.requires_grad],
-            lr=o.lr,
-            betas=tuple(o.betas),
-            eps=o.eps,
-            weight_decay=o.weight_decay,
-        )
-        total_updates = t.max_steps * cfg.algorithm.num_iterations * cfg.algorithm.num_minibatches
+        # TRPO steps the policy itself; the optimizer then holds only the value parameters
+        groups = [] if a.name == "trpo" else [{"params": [p for p in model.parameters() if p.requires_grad]}]
+        if value_model is not None:
+            groups.append({"params": [p for p in value_model.parameters() if p.requires_grad]})
+            groups[-1]["lr"] = cfg.value.lr or o.lr
+        optimizer = torch.optim.AdamW(groups, lr=o.lr, betas=tuple(o.betas), eps=o.eps, weight_decay=o.weight_decay)
+        total_updates = t.max_steps * a.num_iterations * a.num_minibatches
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(o.schedule, o.warmup_steps, total_updates))
         # The scheduler stays unprepared: accelerate's wrapper steps it once per process, which assumes a sharded
         # dataloader; here it steps once per optimizer step.
-        self.policy, self.optimizer = acc.prepare(Policy(model), optimizer)
+        self.policy, self.optimizer = acc.prepare(Policy(model, value_model), optimizer)
+        self.kl_ctl = KLController(a.beta, a.kl_target, a.kl_horizon)
+        self.reward_stats = RunningMoments()
         self.scheduler = scheduler
 
         self.start_step = 0
@@ -184,6 +210,9 @@ class GRPOTrainer:
             state = load_checkpoint(resume, acc, self.peft_model, self.optimizer, self.scheduler)
             self.start_step = state["step"]
             self.sampler.load_state_dict(state["sampler"])
+            if "kl_ctl" in state:
+                self.kl_ctl.load_state_dict(state["kl_ctl"])
+                self.reward_stats.load_state_dict(state["reward_stats"])
             log.info("resumed from %s at step %d", resume, self.start_step)
         if acc.log_with:
             acc.init_trackers("tracking", config=flat_config(cfg))
@@ -208,7 +237,9 @@ class GRPOTrainer:
             )
         return out, ps
 
-    def policy_logprobs(self, batch: StepBatch, with_entropy: bool = False):
+    def policy_logprobs(
+        self, batch: StepBatch, with_entropy: bool = False, with_values: bool = False, detach_value_trunk: bool = False
+    ):
         b = batch.trimmed()
         r = b.rollout
         return self.policy(
@@ -219,12 +250,34 @@ class GRPOTrainer:
             self.cfg.rollout.temperature,
             with_entropy,
             group_size=self.cfg.rollout.num_generations,
+            with_values=with_values,
+            detach_value_trunk=detach_value_trunk,
         ), b
 
+    def build_value_model(self, model) -> torch.nn.Module:
+        from rlhf.value import ValueHead, load_critic
+
+        m, v = self.cfg.model, self.cfg.value
+        if v.model == "head":
+            return ValueHead(model.get_base_model().config.hidden_size)
+        return load_critic(
+            m.path,
+            m.dtype,
+            m.lora.r,
+            m.lora.alpha,
+            m.lora.dropout,
+            m.lora.target_modules,
+            v.init_from,
+            m.gradient_checkpointing,
+            m.trust_remote_code,
+        )
+
     @torch.no_grad()
-    def scored_logprobs(self, batch: StepBatch, reference: bool) -> Tensor:
-        """[B, C] log-probs under the current policy or the reference, micro-batch by micro-batch."""
+    def scored_logprobs(self, batch: StepBatch, reference: bool, values: bool = False):
+        """[B, C] log-probs under the current policy or the reference, micro-batch by micro-batch; with values,
+        also [B, C] V(s_t) from the same forward."""
         out = torch.zeros_like(batch.rollout.logprobs)
+        vals = torch.zeros_like(out) if values else None
         mb = self.cfg.train.micro_batch_size
         for s in range(0, len(batch.advantages), mb):
             part = batch.rows(slice(s, s + mb))
@@ -232,9 +285,11 @@ class GRPOTrainer:
                 with reference_policy(self.peft_model):
                     po, trimmed = self.policy_logprobs(part)
             else:
-                po, trimmed = self.policy_logprobs(part)
+                po, trimmed = self.policy_logprobs(part, with_values=values)
             out[s : s + mb, : po.logprobs.shape[1]] = po.logprobs
-        return out
+            if values:
+                vals[s : s + mb, : po.values.shape[1]] = po.values.float()
+        return (out, vals) if values else out
 
     # ---------------------------------------------------------------------------------------------------------------
     def train(self) -> dict:
@@ -244,7 +299,7 @@ class GRPOTrainer:
         on_policy = a.num_iterations == 1 and a.num_minibatches == 1
         eval_tokens = cfg.eval.max_new_tokens or r.max_new_tokens
         last_metrics: dict = {}
-        bar = progress_bar(t.max_steps, self.start_step, cfg.logging.progress_bar and self.is_main)
+        bar = progress_bar(t.max_steps, self.start_step, cfg.logging.progress_bar and self.is_main, a.name)
         bad_steps = 0
         stop = StopRequest()
 
@@ -274,24 +329,30 @@ class GRPOTrainer:
                 rewards, per_fn, prompts = score_rollout(self.reward_fns, ps.texts, ps.columns, roll, G)
                 metrics["time/reward"] = time.perf_counter() - t0
 
-                # 4. advantages, [B, C] per token
+                # 4. reference and pre-update log-probs, rollout-time values (each only when needed)
+                t0 = time.perf_counter()
                 loss_mask = roll.completion_mask.clone()
                 if r.mask_truncated:
                     loss_mask[roll.truncated] = 0
-                adv = self.advantages(rewards, loss_mask)
-                batch = StepBatch(roll, adv, loss_mask, None, None)
-
-                # 5. reference and pre-update log-probs (skipped when beta == 0 / when exactly on-policy)
-                t0 = time.perf_counter()
+                batch = StepBatch(roll, torch.zeros_like(roll.logprobs), loss_mask)
                 if a.beta > 0:
                     batch.ref_logprobs = self.scored_logprobs(batch, reference=True)
-                if not on_policy:
+                if self.uses_value:
+                    batch.old_logprobs, batch.old_values = self.scored_logprobs(batch, reference=False, values=True)
+                elif not on_policy:
                     batch.old_logprobs = self.scored_logprobs(batch, reference=False)
                 metrics["time/ref"] = time.perf_counter() - t0
 
-                # 6. update
+                # 5. advantages, [B, C] per token
+                if self.uses_value:
+                    metrics.update(self.value_advantages(rewards, batch))
+                else:
+                    batch.advantages = self.advantages(rewards, loss_mask)
+
+                # 6. update (the first value.warmup_steps steps train only the value model)
                 t0 = time.perf_counter()
-                metrics.update(self.update(batch))
+                warmup = self.uses_value and step <= cfg.value.warmup_steps
+                metrics.update(trpo_update(self, batch, warmup) if a.name == "trpo" else self.update(batch, warmup))
                 bad_steps = bad_steps + 1 if metrics["optim/skipped_steps"] else 0
                 if bad_steps >= t.max_bad_steps:
                     raise FloatingPointError(
@@ -349,29 +410,73 @@ class GRPOTrainer:
         if a.name == "reinforce_baseline":
             return discounted_returns(rewards - all_gather_cat(acc, rewards).mean(), mask, a.gamma)
         # reinforce_pp: returns whitened over every token of the global batch
-        returns = discounted_returns(rewards, mask, a.gamma)
-        m = mask.float()
-        n = all_sum(acc, m.sum()).clamp(min=1.0)
-        mean = all_sum(acc, (returns * m).sum()) / n
-        var = all_sum(acc, ((returns - mean.float()) ** 2 * m).sum()) / (n - 1).clamp(min=1.0)
-        return whiten(returns, m, mean=mean.float(), std=var.sqrt().float())
+        return self.global_whiten(discounted_returns(rewards, mask, a.gamma), mask)
 
-    def update(self, batch: StepBatch) -> dict[str, float]:
-        """mu passes over the batch; each pass splits it into minibatches, one optimizer step each."""
+    def global_moments(self, x: Tensor, mask: Tensor) -> tuple[Tensor, Tensor]:
+        """Mean and unbiased variance of x over the masked entries of every rank."""
+        acc, m = self.accelerator, mask.float()
+        n = all_sum(acc, m.sum()).clamp(min=1.0)
+        mean = (all_sum(acc, (x * m).sum()) / n).float()
+        var = all_sum(acc, ((x - mean) ** 2 * m).sum()) / (n - 1).clamp(min=1.0)
+        return mean, var.float()
+
+    def global_whiten(self, x: Tensor, mask: Tensor) -> Tensor:
+        mean, var = self.global_moments(x, mask)
+        return whiten(x, mask.float(), mean=mean, std=var.sqrt())
+
+    def value_advantages(self, scores: Tensor, batch: StepBatch) -> dict[str, float]:
+        """PPO's advantages (sets batch.advantages and batch.returns): the sequence score on the last token minus
+        beta * KL on every token, then GAE on the rollout-time values. Returns metrics."""
+        a, acc = self.cfg.algorithm, self.accelerator
+        roll = batch.rollout
+        mask = roll.completion_mask.float()
+        scores = scores.float().clone()
+        if a.missing_eos_penalty:
+            scores[roll.truncated] -= a.missing_eos_penalty
+        if a.reward_norm != "none":
+            everyone = all_gather_cat(acc, scores)
+            if a.reward_norm == "running":
+                self.reward_stats.update(everyone.sum().item(), everyone.square().sum().item(), everyone.numel())
+                mean, std = self.reward_stats.mean, self.reward_stats.std
+            else:
+                mean, std = everyone.mean().item(), everyone.std().item() if everyone.numel() > 1 else 1.0
+            scores = (scores - mean) / (std + 1e-8)
+        kl = torch.zeros_like(mask)
+        if batch.ref_logprobs is not None:
+            kl = kl_penalty(batch.old_logprobs, batch.ref_logprobs, a.kl_estimator or "k1") * mask
+        beta = self.kl_ctl.value
+        rewards = token_rewards(scores, kl, mask, beta)
+        adv, returns = gae(rewards, batch.old_values, mask, a.gamma, a.lam)
+        batch.advantages = self.global_whiten(adv, batch.loss_mask) if a.whiten_advantages else adv
+        batch.returns = returns
+        seq_kl = all_gather_cat(acc, kl.sum(-1))
+        self.kl_ctl.update(seq_kl.mean().item(), seq_kl.numel())
+        v_mean, _ = self.global_moments(batch.old_values, mask)
+        r_mean, r_var = self.global_moments(returns, mask)
+        _, err_var = self.global_moments(returns - batch.old_values, mask)
+        return {
+            "policy/kl_coef": beta,
+            "policy/ref_kl": seq_kl.mean().item(),
+            "value/mean": v_mean.item(),
+            "value/return_mean": r_mean.item(),
+            # explained by the values the advantages were computed with: 1 = perfect, 0 = no better than the mean
+            "value/explained_var": (1.0 - err_var / r_var).item() if r_var > 0 else float("nan"),
+        }
+
+    def update(self, batch: StepBatch, warmup: bool = False) -> dict[str, float]:
+        """mu passes over the batch; each pass splits it into minibatches, one optimizer step each. With a value
+        model the loss adds value.coef * the clipped value loss; during warm-up the policy loss is multiplied by 0
+        (kept in the graph so every rank's backward has the same shape) and a shared trunk gets no value gradient."""
         cfg, acc = self.cfg, self.accelerator
-        a = cfg.algorithm
+        a, v = cfg.algorithm, cfg.value
         B = len(batch.advantages)
         per_mb = B // a.num_minibatches
         mb_size = cfg.train.micro_batch_size
-        sums = {
-            "loss/policy": 0.0,
-            "loss/kl": 0.0,
-            "policy/clipfrac": 0.0,
-            "policy/approx_kl": 0.0,
-            "policy/entropy": 0.0,
-        }
-        logprob_gap, grad_norms, n_updates, token_total = 0.0, [], 0, 0.0
-        bad_micro, skipped = 0, 0  # non-finite micro-batch losses in the current minibatch; skipped optimizer steps
+        value_clip = v.clip if a.name == "ppo" else 0.0
+        sums = {k: 0.0 for k in ("loss/policy", "loss/kl", "loss/value", "policy/clipfrac", "policy/approx_kl")}
+        sums.update({"policy/entropy": 0.0, "value/clipfrac": 0.0})
+        logprob_gap, grad_norms, n_updates, token_total, passes = 0.0, [], 0, 0.0, 0
+        bad_micro, skipped, early_stop = 0, 0, False  # non-finite micro-batch losses; skipped optimizer steps
         self.policy.train()
         for _ in range(a.num_iterations):
             for m in range(a.num_minibatches):
@@ -381,17 +486,19 @@ class GRPOTrainer:
                 n_tokens = all_sum(acc, minibatch.loss_mask.sum()).item()
                 n_seqs = per_mb * acc.num_processes
                 scale = acc.num_processes * acc.gradient_accumulation_steps  # undo DDP's mean and accelerate's 1/GAS
+                mb_kl = 0.0
                 for s in range(0, per_mb, mb_size):
                     micro = minibatch.rows(slice(s, s + mb_size))
                     with acc.accumulate(self.policy):
-                        out, mb = self.policy_logprobs(micro, with_entropy=True)
+                        out, mb = self.policy_logprobs(
+                            micro, with_entropy=True, with_values=self.uses_value, detach_value_trunk=warmup
+                        )
                         lp = out.logprobs
                         old = lp.detach() if mb.old_logprobs is None else mb.old_logprobs
-                        adv = mb.advantages
                         loss, pg = clipped_pg_loss(
                             lp,
                             old,
-                            adv,
+                            mb.advantages,
                             mb.loss_mask,
                             a.clip_low,
                             a.clip_high,
@@ -400,18 +507,26 @@ class GRPOTrainer:
                             max_len=cfg.rollout.max_new_tokens,
                             num_seqs=n_seqs,
                         )
+                        total = loss * 0.0 if warmup else loss
                         kl_loss = torch.zeros(())
-                        if mb.ref_logprobs is not None:
-                            kl = kl_penalty(lp, mb.ref_logprobs, a.kl_estimator)
+                        if mb.ref_logprobs is not None and not self.uses_value:  # the value family has KL in the reward
+                            kl = kl_penalty(lp, mb.ref_logprobs, a.kl_estimator or "k3")
                             kl_loss = aggregate(
                                 kl, mb.loss_mask, a.loss_agg, n_tokens, cfg.rollout.max_new_tokens, n_seqs
                             )
-                        total = loss + a.beta * kl_loss
+                            total = total + a.beta * kl_loss
+                        v_loss = torch.zeros(())
+                        if self.uses_value:
+                            v_loss, vm = clipped_value_loss(
+                                out.values, mb.old_values, mb.returns, mb.loss_mask, value_clip, num_tokens=n_tokens
+                            )
+                            total = total + v.coef * v_loss
+                            sums["value/clipfrac"] += vm["clipfrac"].item() * mb.loss_mask.sum().item()
                         if not torch.isfinite(total):
                             # keep every rank's backward in lockstep with a zero loss still attached to the graph;
                             # the optimizer step of this minibatch is skipped below
                             bad_micro += 1
-                            total = lp.sum() * 0.0
+                            total = lp.sum() * 0.0 + (0.0 if out.values is None else out.values.sum() * 0.0)
                         acc.backward(total * scale)
                         if acc.sync_gradients:
                             gn = torch.tensor(0.0)
@@ -432,11 +547,19 @@ class GRPOTrainer:
                     token_total += w
                     sums["loss/policy"] += torch.nan_to_num(loss.detach(), nan=0.0).item()
                     sums["loss/kl"] += torch.nan_to_num(kl_loss.detach(), nan=0.0).item()
+                    sums["loss/value"] += torch.nan_to_num(v_loss.detach(), nan=0.0).item()
                     for key, name in (("clipfrac", "policy/clipfrac"), ("approx_kl", "policy/approx_kl")):
                         sums[name] += pg[key].item() * w
+                    mb_kl += pg["approx_kl"].item() * w
                     sums["policy/entropy"] += masked_mean(out.entropy, mb.loss_mask).item() * w
                     logprob_gap += (((lp.detach() - mb.rollout.logprobs).abs()) * mb.loss_mask).sum().item()
-        passes = a.num_iterations * a.num_minibatches
+                passes += 1
+                # early stop (target_kl): this minibatch moved the policy too far from the rollout policy
+                if a.target_kl is not None and all_sum(acc, mb_kl).item() / max(n_tokens, 1.0) > a.target_kl:
+                    early_stop = True
+                    break
+            if early_stop:
+                break
         tokens = max(all_sum(acc, token_total).item(), 1.0)
         metrics = {
             "loss/policy": all_sum(acc, sums["loss/policy"]).item() / passes,
@@ -449,6 +572,12 @@ class GRPOTrainer:
             "optim/updates": n_updates,
             "optim/skipped_steps": skipped,
         }
+        if self.uses_value:
+            metrics["loss/value"] = all_sum(acc, sums["loss/value"]).item() / passes
+            metrics["value/clipfrac"] = all_sum(acc, sums["value/clipfrac"]).item() / tokens
+            metrics["value/warmup"] = float(warmup)
+        if a.target_kl is not None:
+            metrics["policy/early_stopped"] = float(early_stop)
         if grad_norms:
             metrics["optim/grad_norm"] = sum(grad_norms) / len(grad_norms)
         return metrics
@@ -514,7 +643,12 @@ class GRPOTrainer:
         log.info("samples at step %d:\n%s", step, format_samples(rows))
 
     def save(self, step: int) -> None:
-        state = {"sampler": self.sampler.state_dict(), "version": __version__}
+        state = {
+            "sampler": self.sampler.state_dict(),
+            "kl_ctl": self.kl_ctl.state_dict(),
+            "reward_stats": self.reward_stats.state_dict(),
+            "version": __version__,
+        }
         path = save_checkpoint(
             self.out / "checkpoints",
             step,
@@ -573,3 +707,7 @@ class GRPOTrainer:
                 log.info("plots written to %s", paths[0].parent)
         except ImportError as e:  # plotting is a convenience; a missing matplotlib must not fail a finished run
             log.warning("no plots: %s (pip install matplotlib)", e)
+
+
+# the name this class had when GRPO was its only algorithm
+GRPOTrainer = Trainer

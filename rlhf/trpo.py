@@ -1,0 +1,190 @@
+"""Trust-region policy optimisation (Schulman et al. 2015, arXiv:1502.05477) on the trainable (LoRA) parameters.
+
+One step:  g = grad of the surrogate L(theta) = mean_t ratio_t * A_t  at theta_old;
+           s = F^-1 g by conjugate gradient, F = Hessian of the mean KL(pi_old || pi_theta) at theta_old (the Fisher
+               matrix), applied as Hessian-vector products, never formed;
+           full step = sqrt(2 delta / s^T F s) * s  (the largest step along s whose quadratic KL model equals delta);
+           backtracking: try full step * ratio^k, accept the first that improves L and keeps the measured KL <= delta,
+           else leave theta unchanged.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+
+def flatten(tensors: list[Tensor]) -> Tensor:
+    return torch.cat([t.reshape(-1).float() for t in tensors])
+
+
+def unflatten_into(params: list[torch.nn.Parameter], flat: Tensor) -> None:
+    """Write a flat vector into the parameters (in place, no autograd)."""
+    offset = 0
+    with torch.no_grad():
+        for p in params:
+            n = p.numel()
+            p.copy_(flat[offset : offset + n].view_as(p).to(p.dtype))
+            offset += n
+
+
+def conjugate_gradient(
+    matvec: Callable[[Tensor], Tensor], b: Tensor, iters: int = 10, tol: float = 1e-10
+) -> tuple[Tensor, float]:
+    """Solve A x = b for a symmetric positive-definite A given only x -> A x. Returns (x, final residual norm)."""
+    x = torch.zeros_like(b)
+    r = b.clone()
+    p = b.clone()
+    rr = r.dot(r)
+    for _ in range(iters):
+        if rr <= tol:
+            break
+        Ap = matvec(p)
+        alpha = rr / p.dot(Ap).clamp(min=1e-20)
+        x += alpha * p
+        r -= alpha * Ap
+        rr_new = r.dot(r)
+        p = r + (rr_new / rr) * p
+        rr = rr_new
+    return x, rr.sqrt().item()
+
+
+@dataclass
+class TRPOResult:
+    accepted: bool
+    step_frac: float  # the accepted fraction of the full step (0 when rejected)
+    kl: float  # measured mean KL of the accepted step (or of the last try when rejected)
+    surrogate_gain: float  # L(theta_new) - L(theta_old); 0 when rejected
+    expected_gain: float  # g . full_step: the first-order prediction for the full step
+    cg_residual: float
+
+
+def trpo_step(
+    params: list[torch.nn.Parameter],
+    grad: Tensor,
+    fisher_vp: Callable[[Tensor], Tensor],
+    evaluate: Callable[[], tuple[float, float]],
+    surrogate_old: float,
+    max_kl: float,
+    cg_iters: int = 10,
+    backtrack_steps: int = 10,
+    backtrack_ratio: float = 0.5,
+) -> TRPOResult:
+    """Take one trust-region step on `params` (left unchanged when no step is accepted).
+
+    grad: flat gradient of the surrogate at the current parameters; fisher_vp: v -> (F + damping I) v;
+    evaluate: () -> (surrogate, mean KL to the old policy) at the parameters as they are now."""
+    direction, residual = conjugate_gradient(fisher_vp, grad, cg_iters)
+    shs = direction.dot(fisher_vp(direction)).item()
+    if not shs > 0:
+        return TRPOResult(False, 0.0, 0.0, 0.0, 0.0, residual)
+    full_step = direction * (2.0 * max_kl / shs) ** 0.5
+    expected = grad.dot(full_step).item()
+    theta_old = flatten([p.detach() for p in params])
+    kl = 0.0
+    for k in range(backtrack_steps):
+        frac = backtrack_ratio**k
+        unflatten_into(params, theta_old + frac * full_step)
+        surrogate, kl = evaluate()
+        if kl <= max_kl and surrogate > surrogate_old:
+            return TRPOResult(True, frac, kl, surrogate - surrogate_old, expected, residual)
+    unflatten_into(params, theta_old)
+    return TRPOResult(False, 0.0, kl, 0.0, expected, residual)
+
+
+def trpo_update(trainer, batch, warmup: bool) -> dict[str, float]:
+    """One TRPO step of a trainer's policy on a StepBatch (old log-probs, advantages set): the value model first,
+    by the optimizer on the value loss alone (the trainer's own update in its value-only mode), then the policy's
+    natural-gradient step. Gradients and Fisher-vector products are summed over ranks by hand (the step happens
+    outside DDP's hooks); every rank takes the same step, so the adapters stay identical."""
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    from rlhf.distributed import all_sum
+
+    cfg, acc = trainer.cfg, trainer.accelerator
+    tr = cfg.algorithm.trpo
+    metrics = trainer.update(batch, warmup=True)
+    metrics["value/warmup"] = float(warmup)
+    if warmup:
+        return metrics
+    policy = acc.unwrap_model(trainer.policy)
+    params = policy.policy_parameters()
+    temperature = cfg.rollout.temperature
+    n_tokens = max(all_sum(acc, batch.loss_mask.sum()).item(), 1.0)
+    mb = cfg.train.micro_batch_size
+    parts = [batch.rows(slice(s, s + mb)).trimmed() for s in range(0, len(batch.advantages), mb)]
+    reduce = lambda x: all_sum(acc, x).float()
+
+    def full_logprobs(part) -> Tensor:
+        r = part.rollout
+        return policy.full_logprobs(r.prompt_ids, r.prompt_mask, r.completion_ids, r.completion_mask, temperature)
+
+    def surrogate_and_kl(part, logp: Tensor, logp_old: Tensor) -> tuple[Tensor, Tensor]:
+        m = part.rollout.completion_mask.bool()
+        w = part.loss_mask[m].float()
+        lp = logp.gather(-1, part.rollout.completion_ids[m][:, None]).squeeze(-1)
+        ratio = torch.exp(lp - part.old_logprobs[m])
+        surrogate = (ratio * part.advantages[m] * w).sum() / n_tokens
+        kl = ((logp_old.exp() * (logp_old - logp)).sum(-1) * w).sum() / n_tokens
+        return surrogate, kl
+
+    policy.eval()
+    # the math attention kernel has a double backward (Hessian-vector products); the fused CPU kernel does not
+    with sdpa_kernel(SDPBackend.MATH):
+        grad = torch.zeros(sum(p.numel() for p in params))
+        kl_grads, olds, surrogate_old = [], [], 0.0
+        for part in parts:
+            logp = full_logprobs(part)
+            logp_old = logp.detach()
+            surrogate, kl = surrogate_and_kl(part, logp, logp_old)
+            grad += flatten(torch.autograd.grad(surrogate, params, retain_graph=True))
+            kl_grads.append(torch.autograd.grad(kl, params, create_graph=True))
+            olds.append(logp_old)
+            surrogate_old += surrogate.item()
+        grad = reduce(grad)
+        surrogate_old = reduce(surrogate_old).item()
+
+        def fisher_vp(vec: Tensor) -> Tensor:
+            out = torch.zeros_like(vec)
+            for g in kl_grads:
+                out += flatten(torch.autograd.grad(flatten(g).dot(vec), params, retain_graph=True))
+            return reduce(out) + tr.damping * vec
+
+        @torch.no_grad()
+        def evaluate() -> tuple[float, float]:
+            s_total, kl_total = 0.0, 0.0
+            for part, logp_old in zip(parts, olds):
+                s, k = surrogate_and_kl(part, full_logprobs(part), logp_old)
+                s_total, kl_total = s_total + s.item(), kl_total + k.item()
+            return reduce(s_total).item(), reduce(kl_total).item()
+
+        if grad.abs().max() == 0:  # every advantage is zero: nothing to step towards
+            result = TRPOResult(False, 0.0, 0.0, 0.0, 0.0, 0.0)
+        else:
+            result = trpo_step(
+                params,
+                grad,
+                fisher_vp,
+                evaluate,
+                surrogate_old,
+                tr.max_kl,
+                tr.cg_iters,
+                tr.backtrack_steps,
+                tr.backtrack_ratio,
+            )
+    kl_grads.clear()  # frees the retained double-backward graphs
+    metrics.update(
+        {
+            "trpo/accepted": float(result.accepted),
+            "trpo/step_frac": result.step_frac,
+            "trpo/kl": result.kl,
+            "trpo/surrogate_gain": result.surrogate_gain,
+            "trpo/expected_gain": result.expected_gain,
+            "trpo/cg_residual": result.cg_residual,
+            "policy/approx_kl": result.kl,
+        }
+    )
+    return metrics
