@@ -25,7 +25,7 @@ def make_accelerator(
         handlers.append(InitProcessGroupKwargs(backend="gloo", timeout=timedelta(minutes=30)))
     return Accelerator(
         # on CPU, `cpu=True` is what makes accelerate treat launched processes as one gloo group (MULTI_CPU)
-        cpu=launched and not torch.cuda.is_available(),
+        cpu=launched and not torch.cuda.is_available() and os.environ.get("ACCELERATE_USE_DEEPSPEED") != "true",
         gradient_accumulation_steps=gradient_accumulation_steps,
         kwargs_handlers=handlers,
         log_with=log_with or None,
@@ -56,7 +56,8 @@ def configure_deepspeed(accelerator, gradient_accumulation_steps: int, max_grad_
         return
     plugin.deepspeed_config["gradient_accumulation_steps"] = gradient_accumulation_steps
     plugin.deepspeed_config["gradient_clipping"] = max_grad_norm if max_grad_norm > 0 else 0.0
-    plugin.deepspeed_config.setdefault("train_micro_batch_size_per_gpu", 1)
+    if plugin.deepspeed_config.get("train_micro_batch_size_per_gpu", "auto") == "auto":
+        plugin.deepspeed_config["train_micro_batch_size_per_gpu"] = 1
     accelerator.gradient_accumulation_steps = gradient_accumulation_steps
 
 
@@ -65,14 +66,39 @@ def zero_stage(accelerator) -> int:
     return int(plugin.zero_stage) if plugin is not None else 0
 
 
+def deepspeed_engine(accelerator):
+    """The DeepSpeed engine accelerate built around the trained model, or None outside DeepSpeed."""
+    wrapped = getattr(accelerator, "deepspeed_engine_wrapped", None)
+    return wrapped.engine if wrapped is not None else None
+
+
 @contextlib.contextmanager
 def gathered_parameters(accelerator, model) -> Iterator[None]:
     """Under ZeRO-3 each rank holds a shard of every weight: gather them once for a whole rollout batch (not per
-    decoding step or layer call) and let DeepSpeed re-shard them afterwards. Elsewhere a no-op."""
+    decoding step or layer call) and let DeepSpeed re-shard them afterwards. Elsewhere a no-op.
+
+    While gathered, the engine's per-module fetch/release hooks are taken off (as TRL does for generation): left on,
+    the first layer call would release the gathered weights again and the next access would find empty shards."""
     if zero_stage(accelerator) != 3:
         yield
         return
     import deepspeed
 
+    engine = deepspeed_engine(accelerator)
+    offload = getattr(getattr(engine, "optimizer", None), "parameter_offload", None)
     with deepspeed.zero.GatheredParameters(list(model.parameters()), modifier_rank=None):
-        yield
+        if offload is None:
+            yield
+            return
+        for p in offload.module.parameters():
+            p.ds_active_sub_modules.clear()
+        for hook in offload.forward_hooks + offload.backward_hooks:
+            hook.remove()
+        offload.forward_hooks, offload.backward_hooks = [], []
+        try:
+            yield
+        finally:
+            coordinator = getattr(offload, "param_coordinator", None)
+            if coordinator is not None and not coordinator.is_invalid_trace():
+                coordinator._invalidate_trace()
+            offload._register_deepspeed_module(offload.module)

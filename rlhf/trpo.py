@@ -83,7 +83,8 @@ def trpo_step(
         return TRPOResult(False, 0.0, 0.0, 0.0, 0.0, residual)
     full_step = direction * (2.0 * max_kl / shs) ** 0.5
     expected = grad.dot(full_step).item()
-    theta_old = flatten([p.detach() for p in params])
+    saved = [p.detach().clone() for p in params]  # restored exactly when no step is accepted
+    theta_old = flatten(saved)
     kl = 0.0
     for k in range(backtrack_steps):
         frac = backtrack_ratio**k
@@ -91,7 +92,9 @@ def trpo_step(
         surrogate, kl = evaluate()
         if kl <= max_kl and surrogate > surrogate_old:
             return TRPOResult(True, frac, kl, surrogate - surrogate_old, expected, residual)
-    unflatten_into(params, theta_old)
+    with torch.no_grad():
+        for p, old in zip(params, saved):
+            p.copy_(old)
     return TRPOResult(False, 0.0, kl, 0.0, expected, residual)
 
 
