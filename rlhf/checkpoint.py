@@ -1,11 +1,26 @@
-"""Checkpoints: written atomically (temporary directory, then rename), the last K kept, loaded without pickle.
+"""Checkpoints: written atomically (temporary directory, then rename), the last K kept, checked before loading.
 
 Layout of <output_dir>/checkpoints/step-000010/:
-    adapter/                 PEFT adapter (safetensors)
-    optimizer.pt, scheduler.pt   tensors and plain containers only, loaded with weights_only=True
-    rng-rank<r>.pt           python / numpy / torch RNG states of rank r
+    adapter/                 PEFT adapter (safetensors), gathered from the shards under ZeRO-3
+    trainable.safetensors    with `trainable_module`: every parameter of it with requires_grad, by name (gathered)
+    optimizer.pt             single process / DDP: the optimizer state (replicated on every rank, written by rank 0)
+    deepspeed/state/         DeepSpeed ZeRO-1/2/3: the engine's own checkpoint (fp32 master weights and optimizer
+                             state, one shard per rank; frozen base weights left out)
+    scheduler.pt             the LR scheduler
+    rng-rank<r>.pt           python / numpy / torch (and CUDA) RNG states of rank r
     trainer_state.json       step, data position, package version
+    manifest.json            launcher, world size, ZeRO stage, and the size of every file written
     COMPLETE                 written last: a directory without it is half-written and ignored by `latest`
+
+Loading never unpickles arbitrary objects, with one exception: `safetensors` and `torch.load(weights_only=True)` read
+everything we write ourselves, but DeepSpeed's optimizer shards under `deepspeed/` hold Python objects (its loss
+scaler, enums) and DeepSpeed's loader reads them with `torch.load(weights_only=False)`. That happens only when a
+DeepSpeed run resumes from a checkpoint a DeepSpeed run wrote, after the manifest check; only resume from checkpoint
+directories you trust.
+
+Before a checkpoint is used, `check_checkpoint` compares every file with the manifest (present, same size), parses
+trainer_state.json and the safetensors headers: truncated or overwritten files are caught there, so `latest` can fall
+back past them to an older checkpoint.
 """
 
 from __future__ import annotations
@@ -15,27 +30,44 @@ import logging
 import random
 import re
 import shutil
+import struct
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+from torch import nn
+
+from rlhf.distributed import deepspeed_engine, full_shape, gathered, zero_stage
 
 log = logging.getLogger(__name__)
 STEP_DIR = re.compile(r"^step-(\d+)$")
+MANIFEST, COMPLETE = "manifest.json", "COMPLETE"
+ADAPTER = "adapter/adapter_model.safetensors"
+TRAINABLE = "trainable.safetensors"
+DS_DIR, DS_TAG = "deepspeed", "state"
+FORMAT = 2  # 1: no manifest (optimizer.pt written by rank 0, also under DeepSpeed)
 
 
 class CheckpointError(RuntimeError):
     """A checkpoint that cannot be used; the message names it."""
 
 
+# ---------------------------------------------------------------------------------------------------------------------
+# RNG
+
+
 def rng_state() -> dict[str, Any]:
     np_state = np.random.get_state()
-    return {
+    state = {
         "python": [list(random.getstate()[1]), random.getstate()[0], random.getstate()[2]],
         "numpy": [np_state[0], torch.from_numpy(np_state[1].astype(np.int64)), *np_state[2:]],
         "torch": torch.get_rng_state(),
     }
+    if torch.cuda.is_available() and torch.cuda.is_initialized():  # sampling on a GPU draws from the CUDA generator
+        state["cuda"] = torch.cuda.get_rng_state()
+    return state
 
 
 def set_rng_state(state: dict[str, Any]) -> None:
@@ -44,55 +76,111 @@ def set_rng_state(state: dict[str, Any]) -> None:
     np_state = state["numpy"]
     np.random.set_state((np_state[0], np_state[1].numpy().astype(np.uint32), *np_state[2:]))
     torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state(state["cuda"])
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# parameters, gathered
+
+
+def _unwrap(accelerator, module: nn.Module) -> nn.Module:
+    """The module itself, whether given bare or as the DDP / DeepSpeed wrapper `prepare` returned."""
+    return accelerator.unwrap_model(module)
+
+
+def trainable_parameters(accelerator, module: nn.Module) -> dict[str, nn.Parameter]:
+    """name -> parameter for every parameter of `module` with requires_grad (tied parameters once)."""
+    return {n: p for n, p in _unwrap(accelerator, module).named_parameters() if p.requires_grad}
+
+
+def _adapter_parameters(peft_model: nn.Module) -> list[nn.Parameter]:
+    """The parameters PEFT writes to adapter_model.safetensors: the trainable ones and every adapter weight."""
+    names = {f".{a}." for a in (getattr(peft_model, "peft_config", None) or {"default": None})}
+    return [p for n, p in peft_model.named_parameters() if p.requires_grad or any(a in n for a in names)]
+
+
+def _cpu_copies(params: dict[str, nn.Parameter]) -> dict[str, torch.Tensor]:
+    return {n: p.detach().to("cpu", copy=True).contiguous() for n, p in params.items()}
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# listing and checking
 
 
 def list_checkpoints(root: Path) -> list[Path]:
     """Complete checkpoints under root, oldest first."""
     if not root.is_dir():
         return []
-    found = [
-        (int(m.group(1)), p) for p in root.iterdir() if (m := STEP_DIR.match(p.name)) and (p / "COMPLETE").is_file()
-    ]
+    found = [(int(m.group(1)), p) for p in root.iterdir() if (m := STEP_DIR.match(p.name)) and (p / COMPLETE).is_file()]
     return [p for _, p in sorted(found)]
 
 
-def save_checkpoint(
-    root: Path,
-    step: int,
-    accelerator,
-    peft_model,
-    optimizer,
-    scheduler,
-    trainer_state: dict[str, Any],
-    keep_last: int = 2,
-) -> Path:
-    """Every rank calls this; rank 0 writes shared files, each rank its RNG state."""
-    final = root / f"step-{step:06d}"
-    tmp = root / f".tmp-step-{step:06d}"
-    if accelerator.is_main_process:
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir(parents=True)
-    accelerator.wait_for_everyone()
-    if accelerator.is_main_process:
-        peft_model.save_pretrained(tmp / "adapter", safe_serialization=True)
-        torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
-        torch.save(scheduler.state_dict(), tmp / "scheduler.pt")
-        (tmp / "trainer_state.json").write_text(json.dumps({"step": step, **trainer_state}, indent=2))
-    torch.save(rng_state(), tmp / f"rng-rank{accelerator.process_index}.pt")
-    accelerator.wait_for_everyone()
-    if accelerator.is_main_process:
-        (tmp / "COMPLETE").write_text("ok\n")
-        if final.exists():
-            shutil.rmtree(final)
-        tmp.rename(final)
-        for old in list_checkpoints(root)[:-keep_last] if keep_last > 0 else []:
-            shutil.rmtree(old, ignore_errors=True)
-    accelerator.wait_for_everyone()
-    return final
+def _files(directory: Path) -> Iterator[Path]:
+    for p in sorted(directory.rglob("*")):
+        if p.is_file() and p.name not in (MANIFEST, COMPLETE):
+            yield p
+
+
+def read_manifest(path: Path) -> dict[str, Any]:
+    """The manifest of a checkpoint; a format-1 checkpoint (no manifest) reads as single-process / DDP."""
+    f = path / MANIFEST
+    if not f.is_file():
+        return {"format": 1, "backend": "torch", "zero_stage": 0, "world_size": None, "files": None}
+    try:
+        return json.loads(f.read_text())
+    except ValueError as e:
+        raise CheckpointError(f"checkpoint {path} could not be loaded: {MANIFEST} is corrupt ({e})") from None
+
+
+def _check_safetensors(path: Path, name: str) -> None:
+    """The header parses and the data it describes fits in the file (truncation, a file that is something else)."""
+    f = path / name
+    size = f.stat().st_size
+    try:
+        with f.open("rb") as fh:
+            (n,) = struct.unpack("<Q", fh.read(8))
+            if n > size - 8:
+                raise ValueError(f"header of {n} bytes in a file of {size}")
+            header = json.loads(fh.read(n))
+        end = max((int(v["data_offsets"][1]) for k, v in header.items() if k != "__metadata__"), default=0)
+        if 8 + n + end > size:
+            raise ValueError(f"tensors end at byte {8 + n + end}, the file has {size}")
+    except (ValueError, struct.error, KeyError, TypeError) as e:
+        raise CheckpointError(
+            f"checkpoint {path} could not be loaded: {name} is corrupt ({e}); delete it or pick another"
+        ) from None
+
+
+def check_checkpoint(path: Path) -> None:
+    """Cheap checks that a checkpoint is whole, without loading it; raises CheckpointError naming it."""
+    if not path.is_dir():
+        raise CheckpointError(f"checkpoint {path} does not exist")
+    if not (path / COMPLETE).is_file():
+        raise CheckpointError(f"checkpoint {path} is half-written (no COMPLETE marker); delete it or pick another")
+    manifest = read_manifest(path)
+    expected = manifest["files"] or {n: None for n in (ADAPTER, "optimizer.pt", "scheduler.pt", "trainer_state.json")}
+    for name, size in expected.items():
+        f = path / name
+        if not f.is_file():
+            raise CheckpointError(f"checkpoint {path} is missing {name}; delete it or pick another")
+        if size is not None and f.stat().st_size != size:
+            raise CheckpointError(
+                f"checkpoint {path} could not be loaded: {name} has {f.stat().st_size} bytes, {size} were written "
+                "(truncated or overwritten); delete it or pick another"
+            )
+    try:
+        json.loads((path / "trainer_state.json").read_text())
+    except ValueError as e:
+        raise CheckpointError(f"checkpoint {path}: trainer_state.json is corrupt ({e})") from None
+    for name in (ADAPTER, TRAINABLE):
+        if name in expected:
+            _check_safetensors(path, name)
 
 
 def resolve_resume(resume_from: str | None, root: Path) -> Path | None:
-    """`latest` -> newest complete checkpoint that loads (falling back past broken ones), a path -> that path."""
+    """`latest` -> newest complete checkpoint that passes the checks (falling back past broken ones), a path -> that
+    path."""
     if not resume_from:
         return None
     if resume_from != "latest":
@@ -109,38 +197,198 @@ def resolve_resume(resume_from: str | None, root: Path) -> Path | None:
     return None
 
 
-def check_checkpoint(path: Path) -> None:
-    if not path.is_dir():
-        raise CheckpointError(f"checkpoint {path} does not exist")
-    if not (path / "COMPLETE").is_file():
-        raise CheckpointError(f"checkpoint {path} is half-written (no COMPLETE marker); delete it or pick another")
-    for name in ("adapter/adapter_model.safetensors", "optimizer.pt", "scheduler.pt", "trainer_state.json"):
-        if not (path / name).is_file():
-            raise CheckpointError(f"checkpoint {path} is missing {name}; delete it or pick another")
-    try:
-        json.loads((path / "trainer_state.json").read_text())
-    except ValueError as e:
-        raise CheckpointError(f"checkpoint {path}: trainer_state.json is corrupt ({e})") from None
+# ---------------------------------------------------------------------------------------------------------------------
+# save
 
 
-def load_checkpoint(path: Path, accelerator, peft_model, optimizer, scheduler) -> dict[str, Any]:
-    """Restore weights, optimizer, scheduler and this rank's RNG; return the trainer state."""
+def save_checkpoint(
+    root: Path,
+    step: int,
+    accelerator,
+    peft_model,
+    optimizer,
+    scheduler,
+    trainer_state: dict[str, Any],
+    keep_last: int = 2,
+    *,
+    trainable_module: nn.Module | None = None,
+) -> Path:
+    """Every rank calls this (it gathers ZeRO-3 shards and DeepSpeed writes one shard per rank); rank 0 writes the
+    shared files, each rank its RNG state. With `trainable_module`, its requires_grad parameters go to
+    trainable.safetensors as well."""
+    main = accelerator.is_main_process
+    final = root / f"step-{step:06d}"
+    tmp = root / f".tmp-step-{step:06d}"
+    engine = deepspeed_engine(accelerator)
+    if main:
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+    accelerator.wait_for_everyone()
+
+    # weights: gathered on every rank under ZeRO-3 (a collective), written by rank 0
+    with gathered(accelerator, _adapter_parameters(peft_model)):
+        if main:
+            peft_model.save_pretrained(tmp / "adapter", safe_serialization=True)
+    if trainable_module is not None:
+        params = trainable_parameters(accelerator, trainable_module)
+        with gathered(accelerator, params.values()):
+            tensors = _cpu_copies(params) if main else None
+        if main:
+            from safetensors.torch import save_file
+
+            save_file(tensors, str(tmp / TRAINABLE), metadata={"format": "pt"})
+
+    # optimizer: DeepSpeed's own sharded checkpoint, or the (replicated) state dict from rank 0
+    if engine is not None:
+        engine.save_checkpoint(
+            str(tmp / DS_DIR), tag=DS_TAG, client_state={}, save_latest=False, exclude_frozen_parameters=True
+        )
+    elif main:
+        torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
+    if main:
+        torch.save(scheduler.state_dict(), tmp / "scheduler.pt")
+        (tmp / "trainer_state.json").write_text(json.dumps({"step": step, **trainer_state}, indent=2))
+    torch.save(rng_state(), tmp / f"rng-rank{accelerator.process_index}.pt")
+    accelerator.wait_for_everyone()
+
+    if main:
+        manifest = {
+            "format": FORMAT,
+            "backend": "deepspeed" if engine is not None else "torch",
+            "zero_stage": zero_stage(accelerator) if engine is not None else 0,
+            "world_size": accelerator.num_processes,
+            "trainable": trainable_module is not None,
+            "files": {str(p.relative_to(tmp)): p.stat().st_size for p in _files(tmp)},
+        }
+        (tmp / MANIFEST).write_text(json.dumps(manifest, indent=1))
+        (tmp / COMPLETE).write_text("ok\n")
+        old = root / f".old-step-{step:06d}"
+        if final.exists():  # re-saving a step: the old copy stays complete until the new one is in place
+            shutil.rmtree(old, ignore_errors=True)
+            final.rename(old)
+        tmp.rename(final)
+        shutil.rmtree(old, ignore_errors=True)
+        for stale in list_checkpoints(root)[:-keep_last] if keep_last > 0 else []:
+            shutil.rmtree(stale, ignore_errors=True)
+    accelerator.wait_for_everyone()
+    return final
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# load
+
+
+def _check_launcher(path: Path, manifest: dict[str, Any], accelerator, engine) -> None:
+    here = "deepspeed" if engine is not None else "torch"
+    name = {"torch": "a single-process / DDP", "deepspeed": "a DeepSpeed"}
+    if manifest["backend"] != here:
+        stage = f" ZeRO-{manifest['zero_stage']}" if manifest["backend"] == "deepspeed" else ""
+        raise CheckpointError(
+            f"checkpoint {path} was written by {name[manifest['backend']]}{stage} run and this is {name[here]} run: "
+            "its optimizer state cannot be restored here; resume with the launcher that wrote it"
+        )
+    if here == "deepspeed":
+        stage = zero_stage(accelerator)
+        if manifest["zero_stage"] != stage or manifest["world_size"] != accelerator.num_processes:
+            raise CheckpointError(
+                f"checkpoint {path} holds DeepSpeed ZeRO-{manifest['zero_stage']} shards of "
+                f"{manifest['world_size']} processes; this run is ZeRO-{stage} with {accelerator.num_processes}: "
+                "resume with the same ZeRO stage and process count"
+            )
+
+
+def _assign(accelerator, path: Path, name: str, params: dict[str, nn.Parameter], tensors: dict[str, torch.Tensor]):
+    """Copy saved tensors into parameters by name (every rank; under ZeRO-3 gathered, rank 0's copy broadcast)."""
+    for key, p in params.items():
+        if key not in tensors:
+            raise CheckpointError(f"checkpoint {path}: {name} has no tensor {key!r} (a parameter of this model)")
+        if tuple(tensors[key].shape) != tuple(full_shape(p)):
+            raise CheckpointError(
+                f"checkpoint {path}: {name} holds {key!r} with shape {tuple(tensors[key].shape)}, "
+                f"the model's is {tuple(full_shape(p))}"
+            )
+    extra = sorted(set(tensors) - set(params))
+    if extra:
+        raise CheckpointError(
+            f"checkpoint {path}: {name} holds {len(extra)} tensors this model has no trainable parameter for, "
+            f"e.g. {extra[0]!r}"
+        )
+    with gathered(accelerator, params.values(), modifier_rank=0), torch.no_grad():
+        for key, p in params.items():
+            p.copy_(tensors[key].to(device=p.device, dtype=p.dtype))
+
+
+def load_checkpoint(
+    path: Path,
+    accelerator,
+    peft_model,
+    optimizer,
+    scheduler,
+    *,
+    trainable_module: nn.Module | None = None,
+) -> dict[str, Any]:
+    """Restore weights, optimizer, scheduler and this rank's RNG; return the trainer state. Every rank calls this.
+
+    The adapter (and trainable.safetensors) are copied in first; under DeepSpeed the engine's checkpoint then restores
+    its fp32 master weights and optimizer shards, the same values, so the two never disagree."""
     from peft import set_peft_model_state_dict
     from safetensors.torch import load_file
 
     check_checkpoint(path)
+    manifest = read_manifest(path)
+    engine = deepspeed_engine(accelerator)
+    if manifest["format"] >= 2:
+        _check_launcher(path, manifest, accelerator, engine)
+    elif engine is not None:
+        raise CheckpointError(
+            f"checkpoint {path} predates sharded DeepSpeed checkpoints (its optimizer.pt holds rank 0's shard only) "
+            "and cannot restore a DeepSpeed run's optimizer; start from scratch or resume without DeepSpeed"
+        )
+    if trainable_module is not None and not (path / TRAINABLE).is_file():
+        raise CheckpointError(
+            f"checkpoint {path} is missing {TRAINABLE} (it was saved without trainable_module), so the trainable "
+            "parameters beyond the adapter cannot be restored; pick a checkpoint written by this trainer"
+        )
     try:
-        adapter = load_file(str(path / "adapter" / "adapter_model.safetensors"))
-        result = set_peft_model_state_dict(peft_model, adapter)
+        adapter = load_file(str(path / ADAPTER))
+        with gathered(accelerator, _adapter_parameters(peft_model), modifier_rank=0):
+            result = set_peft_model_state_dict(peft_model, adapter)
         if getattr(result, "unexpected_keys", None):
             raise CheckpointError(f"checkpoint {path}: adapter has unexpected keys {result.unexpected_keys[:3]}")
-        optimizer.load_state_dict(torch.load(path / "optimizer.pt", weights_only=True))
+        if trainable_module is not None:
+            tensors = load_file(str(path / TRAINABLE))
+            _assign(accelerator, path, TRAINABLE, trainable_parameters(accelerator, trainable_module), tensors)
+        if engine is not None:
+            loaded, _ = engine.load_checkpoint(
+                str(path / DS_DIR),
+                tag=DS_TAG,
+                load_module_strict=False,  # the frozen base weights were left out
+                load_optimizer_states=True,
+                load_lr_scheduler_states=False,
+            )
+            if loaded is None:
+                raise CheckpointError(f"checkpoint {path}: DeepSpeed found no checkpoint under {DS_DIR}/{DS_TAG}")
+        else:
+            optimizer.load_state_dict(torch.load(path / "optimizer.pt", weights_only=True))
         scheduler.load_state_dict(torch.load(path / "scheduler.pt", weights_only=True))
         rng_file = path / f"rng-rank{accelerator.process_index}.pt"
         if rng_file.is_file():
             set_rng_state(torch.load(rng_file, weights_only=True))
+        else:
+            log.warning(
+                "checkpoint %s has no %s: rank %d samples afresh", path, rng_file.name, accelerator.process_index
+            )
     except CheckpointError:
         raise
     except Exception as e:
         raise CheckpointError(f"checkpoint {path} could not be loaded ({type(e).__name__}: {e}); pick another") from e
     return json.loads((path / "trainer_state.json").read_text())
+
+
+def save_adapter(accelerator, peft_model, directory: Path) -> None:
+    """The PEFT adapter in safetensors, gathered under ZeRO-3 (every rank calls this; rank 0 writes). A plain
+    `peft_model.save_pretrained` on rank 0 writes empty tensors for any adapter weight ZeRO-3 has sharded."""
+    with gathered(accelerator, _adapter_parameters(peft_model)):
+        if accelerator.is_main_process:
+            peft_model.save_pretrained(directory, safe_serialization=True)
+    accelerator.wait_for_everyone()

@@ -62,7 +62,7 @@ class Policy(nn.Module):
         keys/values are shared by the G completions (gradients from all G flow back into it): the same numbers as
         encoding it G times, for a fraction of the work. detach_value_trunk stops the value loss at the value head's
         input (critic warm-up, TRPO), so it trains only the head when the trunk is shared."""
-        share = _shares_prompts(prompt_ids, prompt_mask, group_size, self.base)
+        share = shares_prompts(prompt_ids, prompt_mask, group_size, self.base)
         h = completion_states(
             self.base.get_decoder(), prompt_ids, prompt_mask, completion_ids, completion_mask, group_size, share
         )
@@ -95,7 +95,7 @@ class Policy(nn.Module):
     ) -> Tensor:
         """[N, V] float32 log-softmax over the whole vocabulary at the N completion tokens (mask order), for exact
         KL between two policies (TRPO). Materialises N x V: for small batches only."""
-        share = _shares_prompts(prompt_ids, prompt_mask, 1, self.base)
+        share = shares_prompts(prompt_ids, prompt_mask, 1, self.base)
         h = completion_states(
             self.base.get_decoder(), prompt_ids, prompt_mask, completion_ids, completion_mask, 1, share
         )
@@ -104,7 +104,7 @@ class Policy(nn.Module):
         return torch.log_softmax(logits / temperature, dim=-1)
 
 
-def _shares_prompts(prompt_ids: Tensor, prompt_mask: Tensor, group_size: int, model: nn.Module) -> bool:
+def shares_prompts(prompt_ids: Tensor, prompt_mask: Tensor, group_size: int, model: nn.Module) -> bool:
     B = prompt_ids.shape[0]
     checkpointed = getattr(model, "is_activation_checkpointing", None)
     if checkpointed is None:

@@ -48,10 +48,10 @@ class Critic(nn.Module):
         completion_mask: Tensor,
         group_size: int = 1,
     ) -> Tensor:  # [B, C] float32, 0 where completion_mask is 0
-        from rlhf.policy import _shares_prompts, completion_states
+        from rlhf.policy import completion_states, shares_prompts
 
         decoder = self.trunk.get_base_model()
-        share = _shares_prompts(prompt_ids, prompt_mask, group_size, decoder)
+        share = shares_prompts(prompt_ids, prompt_mask, group_size, decoder)
         h = completion_states(decoder, prompt_ids, prompt_mask, completion_ids, completion_mask, group_size, share)
         return self.head(h) * completion_mask
 

@@ -3,7 +3,7 @@ import torch
 
 from rlhf.data import left_pad
 from rlhf.models import load_policy, merged_adapter
-from rlhf.policy import Policy
+from rlhf.policy import Policy, shares_prompts
 from rlhf.rollout import SamplingParams, StopChecker, generate_batched, sample_next
 
 
@@ -134,7 +134,7 @@ def test_shared_prompt_forward_equals_plain_forward_and_gradients(policy, tokeni
     weights = torch.randn(out.completion_ids.shape)
     grads = []
     for group_size in (1, 3):
-        assert pol._shares_prompts(out.prompt_ids, out.prompt_mask, group_size) == (group_size == 3)
+        assert shares_prompts(out.prompt_ids, out.prompt_mask, group_size, pol.base) == (group_size == 3)
         policy.zero_grad()
         lp = pol(*args, group_size=group_size).logprobs
         (lp * weights).sum().backward()
@@ -146,7 +146,7 @@ def test_shared_prompt_forward_equals_plain_forward_and_gradients(policy, tokeni
     for n in grads[0]:
         torch.testing.assert_close(grads[0][n], grads[1][n], atol=2e-4, rtol=1e-3)  # summation order only
     # rows whose prompts differ inside a "group" fall back to the plain path
-    assert not pol._shares_prompts(out.prompt_ids[2:6], out.prompt_mask[2:6], 2)
+    assert not shares_prompts(out.prompt_ids[2:6], out.prompt_mask[2:6], 2, pol.base)
 
 
 def test_categorical_sampler_matches_probabilities_and_skips_zero_mass():
