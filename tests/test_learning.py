@@ -28,3 +28,34 @@ def test_grpo_raises_heldout_addition_accuracy(tmp_path):
     print(f"held-out accuracy: step 0 {acc[0]:.2f} -> step 25 {acc[25]:.2f}")
     assert acc[0] < 0.4  # the base model gets about a quarter right
     assert acc[25] >= acc[0] + 0.15, acc
+
+
+@pytest.mark.slow
+def test_ppo_raises_heldout_addition_accuracy(tmp_path):
+    """PPO with a value head on the shared trunk (GAE, per-token KL in the reward, adaptive KL) learns the task too."""
+    cfg = load_config(
+        "recipes/ppo_arithmetic_smollm2.yaml",
+        [
+            f"output_dir={tmp_path}",
+            "train.max_steps=25",
+            "eval.every=25",
+            "eval.num_samples=100",
+            "logging.report_to=[]",
+            "logging.progress_bar=false",
+            "logging.samples_every=0",
+        ],
+    )
+    GRPOTrainer(cfg).train()
+    rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    acc = {r["step"]: r["eval/accuracy"] for r in rows if "eval/accuracy" in r}
+    train = [r for r in rows if "value/explained_var" in r]
+    print(f"PPO held-out accuracy: step 0 {acc[0]:.2f} -> step 25 {acc[25]:.2f}")
+    assert acc[0] < 0.4
+    assert acc[25] >= acc[0] + 0.15, acc
+    # the zero-initialised value head learns the level of the returns as they rise (0/1 rewards: per-sequence
+    # explained variance stays small; measured ~0.05)
+    assert train[0]["value/mean"] == 0.0
+    late = train[-10:]
+    v = sum(r["value/mean"] for r in late) / len(late)
+    ret = sum(r["value/return_mean"] for r in late) / len(late)
+    assert v > 0.1 and abs(v - ret) < 0.1, (v, ret)
