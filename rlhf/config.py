@@ -142,6 +142,11 @@ class TRPOConfig:
     max_kl: float = doc("Trust-region radius delta: mean per-token KL(pi_old || pi_new) of the accepted step.", 0.01)
     cg_iters: int = doc("Conjugate-gradient iterations.", 10)
     damping: float = doc("Added to the Fisher matrix (F + damping * I) for a well-posed solve.", 0.1)
+    fisher_fraction: float = doc(
+        "Share of the batch's sequences (whole groups) whose KL Hessian gives the Fisher-vector products; the "
+        "gradient and the line search use all of them (the paper subsamples the same way).",
+        0.25,
+    )
     backtrack_steps: int = doc("Line-search tries before the step is rejected.", 10)
     backtrack_ratio: float = doc("Step shrink factor per line-search try.", 0.5)
 
@@ -497,6 +502,7 @@ def validate(cfg: Config) -> None:
         tr.max_kl > 0 and tr.cg_iters >= 1 and tr.damping >= 0,
         "algorithm.trpo: max_kl > 0, cg_iters >= 1, damping >= 0",
     )
+    need(0 < tr.fisher_fraction <= 1, "algorithm.trpo.fisher_fraction must be in (0, 1]")
     need(tr.backtrack_steps >= 1 and 0 < tr.backtrack_ratio < 1, "algorithm.trpo: backtrack_steps >= 1, 0 < ratio < 1")
     need(r.max_new_tokens >= 1, "rollout.max_new_tokens must be >= 1")
     need(r.temperature > 0, "rollout.temperature must be > 0 (use eval for greedy decoding)")

@@ -92,12 +92,13 @@ class Policy(nn.Module):
         completion_ids: Tensor,
         completion_mask: Tensor,
         temperature: float = 1.0,
+        group_size: int = 1,
     ) -> Tensor:
         """[N, V] float32 log-softmax over the whole vocabulary at the N completion tokens (mask order), for exact
         KL between two policies (TRPO). Materialises N x V: for small batches only."""
-        share = shares_prompts(prompt_ids, prompt_mask, 1, self.base)
+        share = shares_prompts(prompt_ids, prompt_mask, group_size, self.base)
         h = completion_states(
-            self.base.get_decoder(), prompt_ids, prompt_mask, completion_ids, completion_mask, 1, share
+            self.base.get_decoder(), prompt_ids, prompt_mask, completion_ids, completion_mask, group_size, share
         )
         weight = self.base.get_output_embeddings().weight
         logits = h[completion_mask.bool()].float() @ weight.float().T

@@ -117,15 +117,25 @@ def trpo_update(trainer, batch, warmup: bool) -> dict[str, float]:
     params = policy.policy_parameters()
     temperature = cfg.rollout.temperature
     n_tokens = max(all_sum(acc, batch.loss_mask.sum()).item(), 1.0)
-    mb = cfg.train.micro_batch_size
-    parts = [batch.rows(slice(s, s + mb)).trimmed() for s in range(0, len(batch.advantages), mb)]
+    G, mb, B = cfg.rollout.num_generations, cfg.train.micro_batch_size, len(batch.advantages)
+    # the Fisher comes from the first whole groups (rows are in random prompt order); the gradient from all rows
+    n_fisher = min(B, max(G, round(tr.fisher_fraction * B / G) * G))
+    spans = [(s, min(s + mb, n_fisher)) for s in range(0, n_fisher, mb)] + [
+        (s, min(s + mb, B)) for s in range(n_fisher, B, mb)
+    ]
+    parts = [batch.rows(slice(a, b)).trimmed() for a, b in spans]
+    is_fisher = [a < n_fisher for a, _ in spans]
+    fisher_tokens = max(all_sum(acc, batch.loss_mask[:n_fisher].sum()).item(), 1.0)
     reduce = lambda x: all_sum(acc, x).float()
 
     def full_logprobs(part) -> Tensor:
         r = part.rollout
-        return policy.full_logprobs(r.prompt_ids, r.prompt_mask, r.completion_ids, r.completion_mask, temperature)
+        return policy.full_logprobs(
+            r.prompt_ids, r.prompt_mask, r.completion_ids, r.completion_mask, temperature, group_size=G
+        )
 
     def surrogate_and_kl(part, logp: Tensor, logp_old: Tensor) -> tuple[Tensor, Tensor]:
+        """Sums over the part's tokens: (ratio * A, KL(pi_old || pi)), each divided by the whole batch's count."""
         m = part.rollout.completion_mask.bool()
         w = part.loss_mask[m].float()
         lp = logp.gather(-1, part.rollout.completion_ids[m][:, None]).squeeze(-1)
@@ -139,12 +149,13 @@ def trpo_update(trainer, batch, warmup: bool) -> dict[str, float]:
     with sdpa_kernel(SDPBackend.MATH):
         grad = torch.zeros(sum(p.numel() for p in params))
         kl_grads, olds, surrogate_old = [], [], 0.0
-        for part in parts:
+        for part, fisher in zip(parts, is_fisher):
             logp = full_logprobs(part)
             logp_old = logp.detach()
             surrogate, kl = surrogate_and_kl(part, logp, logp_old)
-            grad += flatten(torch.autograd.grad(surrogate, params, retain_graph=True))
-            kl_grads.append(torch.autograd.grad(kl, params, create_graph=True))
+            grad += flatten(torch.autograd.grad(surrogate, params, retain_graph=fisher))
+            if fisher:  # the mean KL over the Fisher rows' tokens
+                kl_grads.append(torch.autograd.grad(kl * n_tokens / fisher_tokens, params, create_graph=True))
             olds.append(logp_old)
             surrogate_old += surrogate.item()
         grad = reduce(grad)
