@@ -256,6 +256,11 @@ class TrainConfig:
     """The outer loop."""
 
     max_steps: int = doc("Rollout + update steps.", 100)
+    max_minutes: float | None = doc(
+        "Wall-clock budget of the training steps (step-0 evaluation not counted): the run ends after the step that "
+        "crosses it, with the final evaluation, checkpoint and adapter as at max_steps; none = no limit.",
+        None,
+    )
     prompts_per_step: int = doc("Prompts per optimizer step over all ranks.", 4)
     micro_batch_size: int = doc(
         "Sequences per forward/backward on one rank (gradient accumulation). A multiple of rollout.num_generations "
@@ -510,6 +515,7 @@ def validate(cfg: Config) -> None:
     need(r.top_k >= 0, "rollout.top_k must be >= 0 (0 = off)")
     need(r.batch_size >= 0, "rollout.batch_size must be >= 0 (0 = all at once)")
     need(t.max_steps >= 1, "train.max_steps must be >= 1")
+    need(t.max_minutes is None or t.max_minutes > 0, "train.max_minutes must be > 0 (or none = no limit)")
     need(t.prompts_per_step >= 1, "train.prompts_per_step must be >= 1")
     need(t.micro_batch_size >= 1, "train.micro_batch_size must be >= 1")
     need(t.save_every >= 0, "train.save_every must be >= 0")

@@ -306,6 +306,7 @@ class Trainer:
         try:
             if self.eval_set is not None and self.start_step == 0:
                 last_metrics.update(self.evaluate(eval_tokens, step=0))
+            t_start, step = time.perf_counter(), self.start_step
 
             for step in range(self.start_step + 1, t.max_steps + 1):
                 t_step = time.perf_counter()
@@ -365,7 +366,12 @@ class Trainer:
                 # 7. log, evaluate, checkpoint
                 metrics.update(self.rollout_metrics(roll, rewards, per_fn, loss_mask))
                 metrics["time/step"] = time.perf_counter() - t_step
-                if self.eval_set is not None and (step % cfg.eval.every == 0 or step == t.max_steps):
+                # the time budget is agreed over ranks so that every rank stops after the same step
+                time_up = bool(t.max_minutes) and all_sum(acc, time.perf_counter() - t_start).item() / (
+                    60 * acc.num_processes
+                ) >= (t.max_minutes or 0)
+                last = step == t.max_steps or time_up
+                if self.eval_set is not None and (step % cfg.eval.every == 0 or last):
                     metrics.update(self.evaluate(eval_tokens, step=None))
                 self.writer.log(metrics, step)
                 last_metrics.update(metrics)
@@ -376,17 +382,21 @@ class Trainer:
                 if bar:
                     bar.update(1)
                     bar.set_postfix(reward=f"{metrics['reward/mean']:.3f}", kl=f"{metrics['policy/approx_kl']:.1e}")
-                if t.save_every and step % t.save_every == 0 and step != t.max_steps:
+                if t.save_every and step % t.save_every == 0 and not last:
                     self.save(step)
                 if all_sum(acc, float(stop.requested)).item() > 0:
                     log.warning("stop requested (%s): saving a checkpoint at step %d and exiting", stop.name, step)
                     self.save(step)
                     return last_metrics
+                if time_up:
+                    log.info("train.max_minutes=%s reached after step %d: finishing the run", t.max_minutes, step)
+                    break
         finally:
             stop.restore()
             if bar:
                 bar.close()  # so an error message starts on a line of its own
-        self.save(t.max_steps)
+        self.save(step)
+        self.last_step = step
         self.save_adapter(last_metrics)
         if self.is_main:
             self.write_plots()
@@ -680,7 +690,7 @@ class Trainer:
                 command=command_line(),
                 data_desc=self.data_description(),
                 reward_names=[rf.name for rf in self.reward_fns],
-                steps=self.cfg.train.max_steps,
+                steps=self.last_step,
             )
             log.info("adapter saved to %s", adapter)
         self.accelerator.wait_for_everyone()

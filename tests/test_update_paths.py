@@ -50,3 +50,29 @@ def test_on_policy_reuse_of_current_logprobs_equals_recomputing_old_logprobs(tin
     for (n, p), q in zip(reuse.peft_model.named_parameters(), recompute.peft_model.parameters()):
         if p.requires_grad:
             torch.testing.assert_close(p, q, atol=1e-6, rtol=1e-5, msg=n)
+
+
+def test_time_budget_ends_the_run_with_final_eval_checkpoint_and_adapter(tiny_model_dir, tmp_path):
+    import json
+
+    over = [
+        f"output_dir={tmp_path}",
+        f"model.path={tiny_model_dir}",
+        "model.dtype=float32",
+        "rollout.max_new_tokens=4",
+        "rollout.num_generations=2",
+        "train.prompts_per_step=2",
+        "train.max_steps=50",
+        "train.max_minutes=0.0001",
+        "eval.every=10",
+        "eval.num_samples=4",
+        "logging.report_to=[]",
+        "logging.progress_bar=false",
+        f"rewards=[{{fn: '{FIXTURES}:length_reward'}}]",
+    ]
+    Trainer(load_config(REPO / "recipes" / "grpo_arithmetic_smollm2.yaml", over)).train()
+    rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows if "loss/policy" in r] == [1]
+    assert [r["step"] for r in rows if "eval/accuracy" in r] == [0, 1]
+    assert (tmp_path / "checkpoints" / "step-000001" / "COMPLETE").is_file()
+    assert (tmp_path / "adapter" / "adapter_model.safetensors").is_file()
