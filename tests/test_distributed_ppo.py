@@ -1,0 +1,83 @@
+"""The value family under `accelerate launch --num_processes 2` on CPU: PPO with a value head under ZeRO-2, PPO with
+a separate critic under ZeRO-3 (the critic sharded with the policy), TRPO under DDP (its step is taken outside the
+optimizer, so DeepSpeed is refused)."""
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+REPO = Path(__file__).resolve().parents[1]
+ACCELERATE = shutil.which("accelerate", path=str(Path(sys.executable).parent))
+
+
+@pytest.mark.parametrize(
+    "launcher,recipe",
+    [
+        ("zero2", "ppo_arithmetic_smollm2"),
+        ("zero3", "ppo_critic_arithmetic_smollm2"),
+        ("ddp", "trpo_arithmetic_smollm2"),
+    ],
+)
+def test_value_family_two_processes(launcher, recipe, tiny_model_dir, tmp_path):
+    out = tmp_path / "run"
+    cmd = [
+        ACCELERATE,
+        "launch",
+        "--config_file",
+        str(REPO / "recipes" / "accelerate" / f"{launcher}.yaml"),
+        "--num_processes",
+        "2",
+        "-m",
+        "rlhf.train",
+        str(REPO / "recipes" / f"{recipe}.yaml"),
+        f"model.path={tiny_model_dir}",
+        "model.dtype=float32",
+        "train.max_steps=2",
+        "rollout.max_new_tokens=6",
+        "rollout.num_generations=4",
+        "train.micro_batch_size=4",
+        "value.warmup_steps=0",
+        "eval.every=0",
+        f"output_dir={out}",
+        "logging.report_to=[]",
+        "logging.progress_bar=false",
+        f"rewards=[{{fn: '{REPO / 'tests' / 'reward_fixtures.py'}:length_reward'}}]",
+    ]
+    proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == [1, 2]
+    for r in rows:
+        for key in ("loss/policy", "loss/value", "value/mean", "value/explained_var", "policy/kl_coef"):
+            assert key in r and r[key] is not None and torch.isfinite(torch.tensor(r[key])), key
+    saved = load_file(str(out / "adapter" / "adapter_model.safetensors"))
+    assert any(t.abs().sum() > 0 for k, t in saved.items() if "lora_B" in k), "LoRA B stayed zero: no update"
+    if recipe.startswith("trpo"):
+        assert any(r["trpo/accepted"] for r in rows)
+
+
+def test_trpo_under_deepspeed_is_refused_with_the_fix(tiny_model_dir, tmp_path):
+    cmd = [
+        ACCELERATE,
+        "launch",
+        "--config_file",
+        str(REPO / "recipes" / "accelerate" / "zero2.yaml"),
+        "--num_processes",
+        "2",
+        "-m",
+        "rlhf.train",
+        str(REPO / "recipes" / "trpo_arithmetic_smollm2.yaml"),
+        f"model.path={tiny_model_dir}",
+        "train.max_steps=1",
+        f"output_dir={tmp_path}",
+        "logging.report_to=[]",
+    ]
+    proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert proc.returncode != 0
+    assert "ddp.yaml" in proc.stderr and "trpo" in proc.stderr
