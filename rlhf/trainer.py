@@ -201,6 +201,7 @@ class Trainer:
         # dataloader; here it steps once per optimizer step.
         self.policy, self.optimizer = acc.prepare(Policy(model, value_model), optimizer)
         self.kl_ctl = KLController(a.beta, a.kl_target, a.kl_horizon)
+        self.is_deepspeed = acc.distributed_type.name == "DEEPSPEED"
         self.reward_stats = RunningMoments()
         self.scheduler = scheduler
 
@@ -537,7 +538,15 @@ class Trainer:
                             # the optimizer step of this minibatch is skipped below
                             bad_micro += 1
                             total = lp.sum() * 0.0 + (0.0 if out.values is None else out.values.sum() * 0.0)
+                        # DeepSpeed steps inside backward(): a minibatch with a non-finite loss on any rank gets a
+                        # zero learning rate for that step, so Adam's moments cannot move the weights
+                        frozen = self.is_deepspeed and acc.sync_gradients and all_sum(acc, bad_micro).item() > 0
+                        saved_lr = [g["lr"] for g in self.optimizer.param_groups] if frozen else []
+                        for g in self.optimizer.param_groups if frozen else []:
+                            g["lr"] = 0.0
                         acc.backward(total * scale)
+                        for g, lr in zip(self.optimizer.param_groups, saved_lr):
+                            g["lr"] = lr
                         if acc.sync_gradients:
                             gn = torch.tensor(0.0)
                             if cfg.optim.max_grad_norm > 0:

@@ -81,3 +81,38 @@ def test_trpo_under_deepspeed_is_refused_with_the_fix(tiny_model_dir, tmp_path):
     proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=300)
     assert proc.returncode != 0
     assert "ddp.yaml" in proc.stderr and "trpo" in proc.stderr
+
+
+def test_non_finite_step_under_deepspeed_leaves_the_weights_untouched(tiny_model_dir, tmp_path):
+    """DeepSpeed steps inside backward(); a NaN minibatch must not let Adam's moments move the adapter."""
+    cmd = [
+        ACCELERATE,
+        "launch",
+        "--config_file",
+        str(REPO / "recipes" / "accelerate" / "zero2.yaml"),
+        "--num_processes",
+        "2",
+        str(REPO / "tests" / "nan_worker.py"),
+        str(REPO / "recipes" / "grpo_arithmetic_smollm2.yaml"),
+        f"model.path={tiny_model_dir}",
+        "model.dtype=float32",
+        "train.max_steps=2",
+        "train.save_every=1",
+        "rollout.max_new_tokens=6",
+        "rollout.num_generations=4",
+        "eval.every=0",
+        "optim.lr=1e-2",
+        f"output_dir={tmp_path}",
+        "logging.report_to=[]",
+        "logging.progress_bar=false",
+        f"rewards=[{{fn: '{REPO / 'tests' / 'reward_fixtures.py'}:length_reward'}}]",
+    ]
+    proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert [r["optim/skipped_steps"] for r in rows] == [0, 1]
+    after_1 = load_file(str(tmp_path / "checkpoints" / "step-000001" / "adapter" / "adapter_model.safetensors"))
+    final = load_file(str(tmp_path / "adapter" / "adapter_model.safetensors"))
+    assert any(t.abs().sum() > 0 for k, t in after_1.items() if "lora_B" in k)  # step 1 trained
+    for k in after_1:
+        assert torch.equal(after_1[k], final[k]), f"{k} moved during the skipped step"

@@ -1,0 +1,20 @@
+"""A training run whose policy loss turns NaN after the first step, for a launched test:
+usage: nan_worker.py RECIPE key=value ..."""
+
+import sys
+
+import rlhf.trainer as trainer_module
+from rlhf.config import load_config
+
+original = trainer_module.clipped_pg_loss
+calls = {"n": 0}
+
+
+def nan_after_first_step(*args, **kwargs):
+    loss, metrics = original(*args, **kwargs)
+    calls["n"] += 1
+    return (loss * float("nan") if calls["n"] > 1 else loss), metrics
+
+
+trainer_module.clipped_pg_loss = nan_after_first_step
+trainer_module.Trainer(load_config(sys.argv[1], sys.argv[2:])).train()
