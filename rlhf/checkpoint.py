@@ -128,9 +128,14 @@ def read_manifest(path: Path) -> dict[str, Any]:
     if not f.is_file():
         return {"format": 1, "backend": "torch", "zero_stage": 0, "world_size": None, "files": None}
     try:
-        return json.loads(f.read_text())
+        manifest = json.loads(f.read_text())
+        if not isinstance(manifest, dict) or not isinstance(manifest.get("files"), dict):
+            raise ValueError("no file list")
+        return manifest
     except ValueError as e:
-        raise CheckpointError(f"checkpoint {path} could not be loaded: {MANIFEST} is corrupt ({e})") from None
+        raise CheckpointError(
+            f"checkpoint {path} could not be loaded: {MANIFEST} is corrupt ({e}); delete it or pick another"
+        ) from None
 
 
 def _check_safetensors(path: Path, name: str) -> None:

@@ -2,6 +2,7 @@
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -19,6 +20,7 @@ REPO = Path(__file__).resolve().parents[1]
 RECIPE = REPO / "recipes" / "grpo_arithmetic_smollm2.yaml"
 FIXTURES = REPO / "tests" / "reward_fixtures.py"
 VOLATILE = ("time/", "throughput/")
+ACCELERATE = shutil.which("accelerate", path=str(Path(sys.executable).parent))
 
 
 def _over(tiny: str, out: Path, *extra: str) -> list[str]:
@@ -46,13 +48,7 @@ def _metrics(out: Path) -> list[dict]:
     return [{k: v for k, v in r.items() if not k.startswith(VOLATILE)} for r in rows]
 
 
-def test_resumed_run_equals_uninterrupted_run(tiny_model_dir, tmp_path):
-    full, part = tmp_path / "full", tmp_path / "part"
-    GRPOTrainer(load_config(RECIPE, _over(tiny_model_dir, full, "train.max_steps=4"))).train()
-    GRPOTrainer(load_config(RECIPE, _over(tiny_model_dir, part, "train.max_steps=2"))).train()
-    GRPOTrainer(
-        load_config(RECIPE, _over(tiny_model_dir, part, "train.max_steps=4", "train.resume_from=latest"))
-    ).train()
+def _assert_same_rows(full: Path, part: Path) -> None:
     a, b = _metrics(full), _metrics(part)
     assert [r["step"] for r in a] == [r["step"] for r in b]
     for ra, rb in zip(a, b):
@@ -60,6 +56,68 @@ def test_resumed_run_equals_uninterrupted_run(tiny_model_dir, tmp_path):
         for k in ra:
             assert ra[k] == pytest.approx(rb[k], rel=1e-4, abs=1e-6), (ra["step"], k)
     assert a[-1]["loss/policy"] != 0.0
+
+
+def test_resumed_run_equals_uninterrupted_run(tiny_model_dir, tmp_path):
+    full, part = tmp_path / "full", tmp_path / "part"
+    GRPOTrainer(load_config(RECIPE, _over(tiny_model_dir, full, "train.max_steps=4"))).train()
+    GRPOTrainer(load_config(RECIPE, _over(tiny_model_dir, part, "train.max_steps=2"))).train()
+    GRPOTrainer(
+        load_config(RECIPE, _over(tiny_model_dir, part, "train.max_steps=4", "train.resume_from=latest"))
+    ).train()
+    _assert_same_rows(full, part)
+
+
+def _launch_zero2(tiny: str, out: Path, *extra: str) -> str:
+    cmd = [
+        ACCELERATE,
+        "launch",
+        "--num_processes",
+        "2",
+        "--config_file",
+        str(REPO / "recipes" / "accelerate" / "zero2.yaml"),
+        "-m",
+        "rlhf.train",
+        str(RECIPE),
+        *_over(tiny, out, *extra),
+    ]
+    proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return proc.stderr
+
+
+def test_zero2_two_process_resume_equals_uninterrupted_run_and_falls_back(tiny_model_dir, tmp_path):
+    """DeepSpeed ZeRO-2 on 2 processes: optimizer state sharded over the ranks, saved by the engine, one shard each."""
+    full, part = tmp_path / "full", tmp_path / "part"
+    _launch_zero2(tiny_model_dir, full, "train.max_steps=4")
+    _launch_zero2(tiny_model_dir, part, "train.max_steps=2")
+    err = _launch_zero2(tiny_model_dir, part, "train.max_steps=4", "train.resume_from=latest")
+    assert "resumed from" in err and "step-000002 at step 2" in err
+    _assert_same_rows(full, part)
+
+    root = part / "checkpoints"
+    ckpts = list_checkpoints(root)
+    assert [c.name for c in ckpts] == ["step-000002", "step-000004"]
+    manifest = json.loads((ckpts[-1] / "manifest.json").read_text())
+    assert (manifest["backend"], manifest["zero_stage"], manifest["world_size"]) == ("deepspeed", 2, 2)
+    shards = sorted(p.name for p in (ckpts[-1] / "deepspeed" / "state").glob("zero_pp_rank_*_optim_states.pt"))
+    assert len(shards) == 2  # one optimizer shard per rank, not rank 0's alone
+
+    # a truncated shard of the newest checkpoint: named when asked for, skipped by `latest`
+    shard = ckpts[-1] / "deepspeed" / "state" / shards[1]
+    shard.write_bytes(shard.read_bytes()[:1000])
+    with pytest.raises(
+        CheckpointError, match=rf"step-000004 could not be loaded: deepspeed/state/{shards[1]} has 1000"
+    ):
+        resolve_resume(str(ckpts[-1]), root)
+    assert resolve_resume("latest", root) == ckpts[0]
+
+    # a DeepSpeed checkpoint cannot restore a single-process run's optimizer: said before anything is trained
+    cfg = load_config(RECIPE, _over(tiny_model_dir, part, "train.max_steps=5", f"train.resume_from={ckpts[0]}"))
+    with pytest.raises(
+        CheckpointError, match=r"step-000002 was written by a DeepSpeed ZeRO-2 run and this is a single"
+    ):
+        GRPOTrainer(cfg)
 
 
 def test_corrupt_checkpoint_is_named_and_latest_falls_back(tiny_model_dir, tmp_path):
@@ -73,13 +131,20 @@ def test_corrupt_checkpoint_is_named_and_latest_falls_back(tiny_model_dir, tmp_p
     with pytest.raises(CheckpointError, match=r"step-000002 is missing adapter/adapter_model.safetensors"):
         resolve_resume(str(ckpts[-1]), out / "checkpoints")
     assert resolve_resume("latest", out / "checkpoints") == ckpts[0]
-    (ckpts[0] / "optimizer.pt").write_bytes(b"not a checkpoint")
-    cfg = load_config(RECIPE, _over(tiny_model_dir, out, "train.max_steps=3", f"train.resume_from={ckpts[0]}"))
-    with pytest.raises(CheckpointError, match="step-000001 could not be loaded"):
-        GRPOTrainer(cfg)
     # a half-written directory (no COMPLETE marker) is ignored by `latest`
     (out / "checkpoints" / "step-000009").mkdir()
     assert resolve_resume("latest", out / "checkpoints") == ckpts[0]
+    # garbage of the recorded size passes the manifest check and fails while loading, still naming the checkpoint
+    optimizer_file = ckpts[0] / "optimizer.pt"
+    optimizer_file.write_bytes(b"x" * optimizer_file.stat().st_size)
+    cfg = load_config(RECIPE, _over(tiny_model_dir, out, "train.max_steps=3", f"train.resume_from={ckpts[0]}"))
+    with pytest.raises(CheckpointError, match="step-000001 could not be loaded"):
+        GRPOTrainer(cfg)
+    # an overwritten file of another size is caught before loading: nothing usable is left
+    optimizer_file.write_bytes(b"not a checkpoint")
+    with pytest.raises(CheckpointError, match="step-000001 could not be loaded: optimizer.pt has 16 bytes"):
+        resolve_resume(str(ckpts[0]), out / "checkpoints")
+    assert resolve_resume("latest", out / "checkpoints") is None
 
 
 def test_non_finite_loss_is_skipped_then_stops(tiny_model_dir, tmp_path, monkeypatch):
