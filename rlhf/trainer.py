@@ -30,7 +30,7 @@ from rlhf.advantages import (
     token_rewards,
     whiten,
 )
-from rlhf.checkpoint import load_checkpoint, resolve_resume, save_checkpoint
+from rlhf.checkpoint import load_checkpoint, resolve_resume, save_adapter, save_checkpoint
 from rlhf.config import Config, ConfigError, check_world, save_config
 from rlhf.data import PromptSampler, arithmetic_problems, build_prompt_set, left_pad, load_rows, rename_columns
 from rlhf.distributed import all_gather_cat, all_sum, configure_deepspeed, gathered_parameters, make_accelerator
@@ -208,7 +208,11 @@ class Trainer:
         self.start_step = 0
         resume = resolve_resume(t.resume_from, self.out / "checkpoints")
         if resume is not None:
-            state = load_checkpoint(resume, acc, self.peft_model, self.optimizer, self.scheduler)
+            # the value head / critic is restored with the adapter (trainable.safetensors)
+            value = self.policy if self.uses_value else None
+            state = load_checkpoint(
+                resume, acc, self.peft_model, self.optimizer, self.scheduler, trainable_module=value
+            )
             self.start_step = state["step"]
             self.sampler.load_state_dict(state["sampler"])
             if "kl_ctl" in state:
@@ -677,18 +681,19 @@ class Trainer:
             self.scheduler,
             state,
             keep_last=self.cfg.train.keep_last,
+            trainable_module=self.policy if self.uses_value else None,
         )
         if self.is_main:
             log.info("checkpoint saved to %s", path)
 
     def save_adapter(self, final_metrics: dict) -> None:
         """The adapter in PEFT format, the tokenizer, and a model card (after peft's own placeholder README)."""
+        adapter = self.out / "adapter"
+        save_adapter(self.accelerator, self.peft_model, adapter)  # gathered under ZeRO-3
         if self.is_main:
             from rlhf.config import to_dict
             from rlhf.model_card import write_model_card
 
-            adapter = self.out / "adapter"
-            self.peft_model.save_pretrained(adapter, safe_serialization=True)
             self.tokenizer.save_pretrained(adapter)
             write_model_card(
                 adapter,

@@ -68,7 +68,38 @@ def test_resumed_run_equals_uninterrupted_run(tiny_model_dir, tmp_path):
     _assert_same_rows(full, part)
 
 
-def _launch_zero2(tiny: str, out: Path, *extra: str) -> str:
+PPO = REPO / "recipes" / "ppo_arithmetic_smollm2.yaml"
+# running state beyond the adapter: the value head, the adaptive KL coefficient and running reward statistics
+PPO_STATE = (
+    "algorithm.beta=0.05",
+    "algorithm.kl_target=0.001",
+    "algorithm.kl_horizon=20",
+    "algorithm.reward_norm=running",
+)
+
+
+def test_ppo_resumed_run_equals_uninterrupted_run(tiny_model_dir, tmp_path):
+    full, part = tmp_path / "full", tmp_path / "part"
+    GRPOTrainer(load_config(PPO, _over(tiny_model_dir, full, "train.max_steps=4", *PPO_STATE))).train()
+    GRPOTrainer(load_config(PPO, _over(tiny_model_dir, part, "train.max_steps=2", *PPO_STATE))).train()
+    resumed = GRPOTrainer(
+        load_config(PPO, _over(tiny_model_dir, part, "train.max_steps=4", "train.resume_from=latest", *PPO_STATE))
+    )
+    assert resumed.kl_ctl.value != 0.05 and resumed.reward_stats.count == 12  # restored, not fresh
+    resumed.train()
+    _assert_same_rows(full, part)
+    assert "value/mean" in _metrics(part)[-1]
+
+
+def test_ppo_zero2_two_process_resume_equals_uninterrupted_run(tiny_model_dir, tmp_path):
+    full, part = tmp_path / "full", tmp_path / "part"
+    _launch_zero2(tiny_model_dir, full, "train.max_steps=4", *PPO_STATE, recipe=PPO)
+    _launch_zero2(tiny_model_dir, part, "train.max_steps=2", *PPO_STATE, recipe=PPO)
+    _launch_zero2(tiny_model_dir, part, "train.max_steps=4", "train.resume_from=latest", *PPO_STATE, recipe=PPO)
+    _assert_same_rows(full, part)
+
+
+def _launch_zero2(tiny: str, out: Path, *extra: str, recipe: Path = RECIPE) -> str:
     cmd = [
         ACCELERATE,
         "launch",
@@ -78,7 +109,7 @@ def _launch_zero2(tiny: str, out: Path, *extra: str) -> str:
         str(REPO / "recipes" / "accelerate" / "zero2.yaml"),
         "-m",
         "rlhf.train",
-        str(RECIPE),
+        str(recipe),
         *_over(tiny, out, *extra),
     ]
     proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=300)
