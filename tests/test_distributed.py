@@ -3,6 +3,7 @@ gradient accumulation (2 micro-batches per optimizer step on each rank); under Z
 adapter afterwards, and 2 processes x 1 micro-batch train exactly as 1 process x 2 micro-batches."""
 
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -18,7 +19,7 @@ FIXTURES = REPO / "tests" / "reward_fixtures.py"
 WORKER = REPO / "tests" / "zero_worker.py"
 
 
-def _launch(launcher: str, *args) -> subprocess.CompletedProcess:
+def _launch(launcher: str, *args, env: dict | None = None) -> subprocess.CompletedProcess:
     cmd = [
         ACCELERATE,
         "launch",
@@ -28,7 +29,8 @@ def _launch(launcher: str, *args) -> subprocess.CompletedProcess:
         "2",
         *map(str, args),
     ]
-    return subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=300)
+    env = None if env is None else {**os.environ, **env}
+    return subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=300, env=env)
 
 
 def _manifest(checkpoint: Path) -> dict:
@@ -143,3 +145,21 @@ def test_zero_ranks_agree_and_match_one_process(launcher, one_process, tiny_mode
     )
     trainable = load_file(str(out / "round-trip" / "step-000001" / "trainable.safetensors"))
     assert trainable and all(t.numel() > 0 for t in trainable.values())  # gathered, not ZeRO-3's empty shards
+
+
+@pytest.mark.parametrize("launcher", ["zero2", "zero3"])
+def test_ppo_ranks_hold_the_same_adapter(launcher, tiny_model_dir, tmp_path):
+    """PPO (value head on the shared trunk) under DeepSpeed: finite losses, the adapter moved, both ranks agree."""
+    out = tmp_path / "run"
+    recipe = {"ZERO_WORKER_RECIPE": str(REPO / "recipes" / "ppo_arithmetic_smollm2.yaml")}
+    proc = _launch(launcher, WORKER, out, *_fixed_step(tiny_model_dir), "train.max_steps=2", env=recipe)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    init, r0, r1 = (_lora(out / f"{name}.safetensors") for name in ("lora-init-rank0", "lora-rank0", "lora-rank1"))
+    assert r0.keys() == r1.keys() and len(r0) > 0
+    assert all(torch.equal(r0[k], r1[k]) for k in r0), "the ranks hold different adapters"
+    assert any(not torch.equal(r0[k], init[k]) for k in r0)
+    m = json.loads((out / "final-metrics.json").read_text())
+    for key in ("loss/policy", "loss/value", "value/mean"):
+        assert torch.isfinite(torch.tensor(m[key])), key
+    trainable = load_file(str(out / "round-trip" / "step-000001" / "trainable.safetensors"))
+    assert any("value_model" in k for k in trainable)  # the value head travels with the checkpoint

@@ -15,13 +15,15 @@ usage: zero_worker.py OUTPUT_DIR [key=value ...]
 from __future__ import annotations
 
 import json
+import os
 import sys
 from pathlib import Path
 
 import torch
 
 REPO = Path(__file__).resolve().parents[1]
-RECIPE = REPO / "recipes" / "grpo_arithmetic_smollm2.yaml"
+# another recipe (e.g. PPO) through the environment, the overrides staying the same
+RECIPE = Path(os.environ.get("ZERO_WORKER_RECIPE", REPO / "recipes" / "grpo_arithmetic_smollm2.yaml"))
 
 
 def fixed_rollout(self, prompt_idx: list[int]):
