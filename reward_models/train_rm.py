@@ -28,7 +28,7 @@ from reward_models.bradley_terry import bradley_terry_loss
 from reward_models.reward_model import encode_pair, ensure_pad_token, pad_right, save_reward_model
 from rlhf.config import ConfigError, LoraConfig, OptimConfig, apply_override, doc, from_dict, to_dict
 from rlhf.data import DataError, arithmetic_problems, load_rows
-from rlhf.models import DTYPES, resolve_model_path
+from rlhf.models import DTYPES, add_lora, resolve_model_path
 
 log = logging.getLogger(__name__)
 USAGE = """usage: python -m reward_models.train_rm RECIPE.yaml [key.sub=value ...]
@@ -220,22 +220,8 @@ def build_model(m: RMModel, tokenizer):
     ensure_pad_token(tokenizer, model)
     if m.lora.r == 0:
         return model.float()
-    import peft
-
     head = [n for n in ("score", "classifier") if hasattr(model, n)]
-    lora = peft.LoraConfig(
-        r=m.lora.r,
-        lora_alpha=m.lora.alpha,
-        lora_dropout=m.lora.dropout,
-        target_modules=m.lora.target_modules,
-        task_type="SEQ_CLS",
-        modules_to_save=head,
-    )
-    model = peft.get_peft_model(model, lora)
-    for p in model.parameters():
-        if p.requires_grad:
-            p.data = p.data.float()
-    return model
+    return add_lora(model, m.lora.r, m.lora.alpha, m.lora.dropout, m.lora.target_modules, "SEQ_CLS", head)
 
 
 def pair_forward(model, part: list[tuple], pad_id: int, device, margin: float) -> tuple[torch.Tensor, ...]:

@@ -87,6 +87,48 @@ def load_tokenizer(path: str, trust_remote_code: bool = False):
     return tok
 
 
+def enable_checkpointing(model: nn.Module) -> None:
+    """Recompute activations in backward. Non-reentrant: it works with frozen inputs and LoRA; the reentrant one
+    silently drops grads."""
+    if hasattr(model, "activation_checkpointing_enable"):  # transformers >= 5.2x
+        model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+    else:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    model.enable_input_require_grads()
+
+
+def adapters_to_float32(model: nn.Module) -> None:
+    """Trainable (adapter) weights in float32 whatever the frozen base's dtype."""
+    for p in model.parameters():
+        if p.requires_grad:
+            p.data = p.data.float()
+
+
+def add_lora(
+    model: nn.Module,
+    r: int,
+    alpha: float,
+    dropout: float,
+    target_modules: list[str] | str,
+    task_type: str | None = None,
+    modules_to_save: list[str] | None = None,
+) -> nn.Module:
+    """A new float32 LoRA adapter on `model` (a PEFT model around it); `modules_to_save` train in full."""
+    from peft import LoraConfig, get_peft_model
+
+    lora = LoraConfig(
+        r=r,
+        lora_alpha=alpha,
+        lora_dropout=dropout,
+        target_modules=target_modules,
+        task_type=task_type,
+        modules_to_save=modules_to_save,
+    )
+    model = get_peft_model(model, lora)
+    adapters_to_float32(model)
+    return model
+
+
 def load_policy(
     path: str,
     dtype: str = "bfloat16",
@@ -99,33 +141,19 @@ def load_policy(
     adapter_path: str | None = None,
 ) -> nn.Module:
     """The causal LM in `dtype` with a float32 LoRA adapter (new, or loaded from `adapter_path`)."""
-    from peft import LoraConfig, PeftModel, get_peft_model
+    from peft import PeftModel
     from transformers import AutoModelForCausalLM
 
     base = AutoModelForCausalLM.from_pretrained(
         resolve_model_path(path), dtype=DTYPES[dtype], trust_remote_code=trust_remote_code
     )
     if gradient_checkpointing:
-        # Non-reentrant checkpointing works with frozen inputs and LoRA; the reentrant one silently drops grads.
-        if hasattr(base, "activation_checkpointing_enable"):  # transformers >= 5.2x
-            base.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
-        else:
-            base.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-        base.enable_input_require_grads()
+        enable_checkpointing(base)
     if adapter_path:
         model = PeftModel.from_pretrained(base, adapter_path, is_trainable=True)
+        adapters_to_float32(model)
     else:
-        lora = LoraConfig(
-            r=lora_r,
-            lora_alpha=lora_alpha,
-            lora_dropout=lora_dropout,
-            target_modules=target_modules,
-            task_type="CAUSAL_LM",
-        )
-        model = get_peft_model(base, lora)
-    for p in model.parameters():
-        if p.requires_grad:
-            p.data = p.data.float()
+        model = add_lora(base, lora_r, lora_alpha, lora_dropout, target_modules, task_type="CAUSAL_LM")
     n_train = sum(p.numel() for p in model.parameters() if p.requires_grad)
     if n_train == 0:
         raise ValueError(

@@ -70,10 +70,9 @@ def load_critic(
     """A critic on the policy's base model (`path`), or on a trained reward model (`init_from`, a directory written
     by `reward_models.train_rm`: its trunk, and its score row as the head's weight, so V starts as the reward
     model's score of each prefix). LoRA adapters in float32 on a `dtype` trunk."""
-    from peft import LoraConfig, get_peft_model
     from transformers import AutoModel, AutoModelForSequenceClassification
 
-    from rlhf.models import DTYPES, resolve_model_path
+    from rlhf.models import DTYPES, add_lora, enable_checkpointing, resolve_model_path
 
     if init_from:
         try:
@@ -101,11 +100,5 @@ def load_critic(
         )
         head = ValueHead(trunk.config.hidden_size)
     if gradient_checkpointing:
-        trunk.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-        trunk.enable_input_require_grads()
-    lora = LoraConfig(r=lora_r, lora_alpha=lora_alpha, lora_dropout=lora_dropout, target_modules=target_modules)
-    trunk = get_peft_model(trunk, lora)
-    for p in trunk.parameters():
-        if p.requires_grad:
-            p.data = p.data.float()
-    return Critic(trunk, head)
+        enable_checkpointing(trunk)
+    return Critic(add_lora(trunk, lora_r, lora_alpha, lora_dropout, target_modules), head)
