@@ -78,9 +78,14 @@ def configure_deepspeed(accelerator, gradient_accumulation_steps: int, max_grad_
         accelerator.prepare = prepare_then_register
 
 
+def is_deepspeed(accelerator) -> bool:
+    """DeepSpeed really runs this process (it owns the optimizer and steps inside backward)."""
+    return getattr(accelerator.state, "distributed_type", None) == "DEEPSPEED"
+
+
 def zero_stage(accelerator) -> int:
     """The ZeRO stage of a DeepSpeed run (0 elsewhere)."""
-    if getattr(accelerator.state, "distributed_type", None) != "DEEPSPEED":
+    if not is_deepspeed(accelerator):
         return 0
     plugin = getattr(accelerator.state, "deepspeed_plugin", None)
     return int(plugin.zero_stage) if plugin is not None else 0

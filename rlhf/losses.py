@@ -128,11 +128,21 @@ def clipped_value_loss(
     return aggregate(per_token, mask, agg, num_tokens, max_len, num_seqs), {"clipfrac": frac}
 
 
-def explained_variance(values: Tensor, returns: Tensor, mask: Tensor) -> float:
+def masked_moments(x: Tensor, mask: Tensor) -> tuple[Tensor, Tensor]:
+    """Mean and unbiased variance of x over the masked entries (float32 scalars)."""
+    m = mask.float()
+    n = m.sum().clamp(min=1.0)
+    mean = (x.float() * m).sum() / n
+    var = ((x.float() - mean) ** 2 * m).sum() / (n - 1).clamp(min=1.0)
+    return mean, var
+
+
+def explained_variance(values: Tensor, returns: Tensor, mask: Tensor, moments=masked_moments) -> float:
     """1 - Var(R - V) / Var(R) over masked tokens: 1 = V predicts the returns, 0 = no better than their mean,
-    negative = worse. NaN when the returns do not vary."""
-    m = mask.bool()
-    r, v = returns[m].float(), values[m].float()
-    if r.numel() < 2 or r.var() == 0:
+    negative = worse. NaN when the returns do not vary. `moments(x, mask) -> (mean, var)` may take them over every
+    rank."""
+    _, r_var = moments(returns, mask)
+    if not r_var > 0:
         return float("nan")
-    return (1.0 - (r - v).var() / r.var()).item()
+    _, err_var = moments(returns - values, mask)
+    return (1.0 - err_var / r_var).item()

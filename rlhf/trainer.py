@@ -10,6 +10,7 @@ step, (7) log, evaluate, checkpoint.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import sys
@@ -33,10 +34,24 @@ from rlhf.advantages import (
 from rlhf.checkpoint import load_checkpoint, resolve_resume, save_adapter, save_checkpoint
 from rlhf.config import Config, ConfigError, check_world, save_config
 from rlhf.data import PromptSampler, arithmetic_problems, build_prompt_set, left_pad, load_rows, rename_columns
-from rlhf.distributed import all_gather_cat, all_sum, configure_deepspeed, gathered_parameters, make_accelerator
+from rlhf.distributed import (
+    all_gather_cat,
+    all_sum,
+    configure_deepspeed,
+    gathered_parameters,
+    is_deepspeed,
+    make_accelerator,
+)
 from rlhf.evaluation import greedy_eval
 from rlhf.kl_control import KLController, RunningMoments
-from rlhf.losses import aggregate, clipped_pg_loss, clipped_value_loss, kl_penalty, masked_mean
+from rlhf.losses import (
+    aggregate,
+    clipped_pg_loss,
+    clipped_value_loss,
+    explained_variance,
+    kl_penalty,
+    masked_mean,
+)
 from rlhf.models import count_parameters, load_policy, load_tokenizer, merged_adapter, reference_policy
 from rlhf.policy import Policy
 from rlhf.rewards import build_reward_functions, score_rollout
@@ -52,6 +67,20 @@ from rlhf.tracking import (
 from rlhf.trpo import trpo_update
 
 log = logging.getLogger("rlhf")
+
+
+@contextlib.contextmanager
+def zero_lr(optimizer, active: bool):
+    """Inside the block every parameter group's learning rate is 0 (when active); restored after."""
+    saved = [g["lr"] for g in optimizer.param_groups] if active else []
+    for g in optimizer.param_groups if active else []:
+        g["lr"] = 0.0
+    try:
+        yield
+    finally:
+        for g, lr in zip(optimizer.param_groups, saved):
+            g["lr"] = lr
+
 
 # algorithms with a value model: GAE advantages on per-token rewards that carry the KL penalty
 VALUE_ALGORITHMS = ("ppo", "actor_critic", "trpo")
@@ -181,13 +210,14 @@ class Trainer:
         log.info("policy %s: %.2fM trainable of %.1fM parameters", m.path, n_train / 1e6, n_all / 1e6)
         self.peft_model = model
         a = cfg.algorithm
-        self.uses_value = a.name in VALUE_ALGORITHMS
-        value_model = self.build_value_model(model) if self.uses_value else None
-        if a.name == "trpo" and acc.distributed_type.name == "DEEPSPEED":
+        self.is_deepspeed = is_deepspeed(acc)
+        if a.name == "trpo" and self.is_deepspeed:
             raise ConfigError(
                 "algorithm.name=trpo takes its natural-gradient step outside the optimizer, which DeepSpeed owns; "
                 "launch it single-process or with recipes/accelerate/ddp.yaml"
             )
+        self.uses_value = a.name in VALUE_ALGORITHMS
+        value_model = self.build_value_model(model) if self.uses_value else None
         o = cfg.optim
         # TRPO steps the policy itself; the optimizer then holds only the value parameters
         groups = [] if a.name == "trpo" else [{"params": [p for p in model.parameters() if p.requires_grad]}]
@@ -201,7 +231,6 @@ class Trainer:
         # dataloader; here it steps once per optimizer step.
         self.policy, self.optimizer = acc.prepare(Policy(model, value_model), optimizer)
         self.kl_ctl = KLController(a.beta, a.kl_target, a.kl_horizon)
-        self.is_deepspeed = acc.distributed_type.name == "DEEPSPEED"
         self.reward_stats = RunningMoments()
         self.scheduler = scheduler
 
@@ -467,15 +496,14 @@ class Trainer:
         seq_kl = all_gather_cat(acc, kl.sum(-1))
         self.kl_ctl.update(seq_kl.mean().item(), seq_kl.numel())
         v_mean, _ = self.global_moments(batch.old_values, mask)
-        r_mean, r_var = self.global_moments(returns, mask)
-        _, err_var = self.global_moments(returns - batch.old_values, mask)
+        r_mean, _ = self.global_moments(returns, mask)
         return {
             "policy/kl_coef": beta,
             "policy/ref_kl": seq_kl.mean().item(),
             "value/mean": v_mean.item(),
             "value/return_mean": r_mean.item(),
-            # explained by the values the advantages were computed with: 1 = perfect, 0 = no better than the mean
-            "value/explained_var": (1.0 - err_var / r_var).item() if r_var > 0 else float("nan"),
+            # by the values the advantages were computed with
+            "value/explained_var": explained_variance(batch.old_values, returns, mask, moments=self.global_moments),
         }
 
     def update(self, batch: StepBatch, warmup: bool = False) -> dict[str, float]:
@@ -542,20 +570,16 @@ class Trainer:
                             # the optimizer step of this minibatch is skipped below
                             bad_micro += 1
                             total = lp.sum() * 0.0 + (0.0 if out.values is None else out.values.sum() * 0.0)
+                        any_bad = acc.sync_gradients and all_sum(acc, bad_micro).item() > 0
                         # DeepSpeed steps inside backward(): a minibatch with a non-finite loss on any rank gets a
                         # zero learning rate for that step, so Adam's moments cannot move the weights
-                        frozen = self.is_deepspeed and acc.sync_gradients and all_sum(acc, bad_micro).item() > 0
-                        saved_lr = [g["lr"] for g in self.optimizer.param_groups] if frozen else []
-                        for g in self.optimizer.param_groups if frozen else []:
-                            g["lr"] = 0.0
-                        acc.backward(total * scale)
-                        for g, lr in zip(self.optimizer.param_groups, saved_lr):
-                            g["lr"] = lr
+                        with zero_lr(self.optimizer, self.is_deepspeed and any_bad):
+                            acc.backward(total * scale)
                         if acc.sync_gradients:
                             gn = torch.tensor(0.0)
                             if cfg.optim.max_grad_norm > 0:
                                 gn = acc.clip_grad_norm_(self.policy.parameters(), cfg.optim.max_grad_norm)
-                            bad = all_sum(acc, bad_micro).item() > 0 or not torch.isfinite(torch.as_tensor(gn))
+                            bad = any_bad or not torch.isfinite(torch.as_tensor(gn))
                             if bad:
                                 skipped += 1
                             else:
