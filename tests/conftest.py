@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import os
+import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -11,9 +14,27 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 DATA = REPO.parent / "shared" / "data"
 
+ACCELERATE = shutil.which("accelerate", path=str(Path(sys.executable).parent))
+
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+def launch(launcher: str, *args, env: dict | None = None) -> subprocess.CompletedProcess:
+    """`accelerate launch --num_processes 2` with recipes/accelerate/<launcher>.yaml; args follow (a script or
+    `-m module`, then its arguments). `env` adds to this process's environment."""
+    cmd = [
+        ACCELERATE,
+        "launch",
+        "--config_file",
+        str(REPO / "recipes" / "accelerate" / f"{launcher}.yaml"),
+        "--num_processes",
+        "2",
+        *map(str, args),
+    ]
+    env = None if env is None else {**os.environ, **env}
+    return subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=300, env=env)
 
 
 def build_tiny_model(path: Path, seed: int = 0) -> Path:

@@ -3,9 +3,6 @@ gradient accumulation (2 micro-batches per optimizer step on each rank); under Z
 adapter afterwards, and 2 processes x 1 micro-batch train exactly as 1 process x 2 micro-batches."""
 
 import json
-import os
-import shutil
-import subprocess
 import sys
 from pathlib import Path
 
@@ -13,24 +10,11 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from tests.conftest import launch
+
 REPO = Path(__file__).resolve().parents[1]
-ACCELERATE = shutil.which("accelerate", path=str(Path(sys.executable).parent))
 FIXTURES = REPO / "tests" / "reward_fixtures.py"
 WORKER = REPO / "tests" / "zero_worker.py"
-
-
-def _launch(launcher: str, *args, env: dict | None = None) -> subprocess.CompletedProcess:
-    cmd = [
-        ACCELERATE,
-        "launch",
-        "--config_file",
-        str(REPO / "recipes" / "accelerate" / f"{launcher}.yaml"),
-        "--num_processes",
-        "2",
-        *map(str, args),
-    ]
-    env = None if env is None else {**os.environ, **env}
-    return subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=300, env=env)
 
 
 def _manifest(checkpoint: Path) -> dict:
@@ -40,7 +24,7 @@ def _manifest(checkpoint: Path) -> dict:
 @pytest.mark.parametrize("launcher", ["ddp", "zero2", "zero3"])
 def test_two_process_run(launcher, tiny_model_dir, tmp_path):
     out = tmp_path / "run"
-    proc = _launch(
+    proc = launch(
         launcher,
         "-m",
         "rlhf.train",
@@ -115,7 +99,7 @@ def _lora(path: Path) -> dict[str, torch.Tensor]:
 @pytest.mark.parametrize("launcher", ["zero2", "zero3"])
 def test_zero_ranks_agree_and_match_one_process(launcher, one_process, tiny_model_dir, tmp_path):
     out = tmp_path / "run"
-    proc = _launch(launcher, WORKER, out, *_fixed_step(tiny_model_dir))
+    proc = launch(launcher, WORKER, out, *_fixed_step(tiny_model_dir))
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert _manifest(out / "checkpoints" / "step-000001")["zero_stage"] == int(launcher[-1])
 
@@ -152,7 +136,7 @@ def test_ppo_ranks_hold_the_same_adapter(launcher, tiny_model_dir, tmp_path):
     """PPO (value head on the shared trunk) under DeepSpeed: finite losses, the adapter moved, both ranks agree."""
     out = tmp_path / "run"
     recipe = {"ZERO_WORKER_RECIPE": str(REPO / "recipes" / "ppo_arithmetic_smollm2.yaml")}
-    proc = _launch(launcher, WORKER, out, *_fixed_step(tiny_model_dir), "train.max_steps=2", env=recipe)
+    proc = launch(launcher, WORKER, out, *_fixed_step(tiny_model_dir), "train.max_steps=2", env=recipe)
     assert proc.returncode == 0, proc.stderr[-3000:]
     init, r0, r1 = (_lora(out / f"{name}.safetensors") for name in ("lora-init-rank0", "lora-rank0", "lora-rank1"))
     assert r0.keys() == r1.keys() and len(r0) > 0

@@ -3,17 +3,15 @@ a separate critic under ZeRO-3 (the critic sharded with the policy), TRPO under 
 optimizer, so DeepSpeed is refused)."""
 
 import json
-import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 from safetensors.torch import load_file
 
+from tests.conftest import launch
+
 REPO = Path(__file__).resolve().parents[1]
-ACCELERATE = shutil.which("accelerate", path=str(Path(sys.executable).parent))
 
 
 @pytest.mark.parametrize(
@@ -26,13 +24,8 @@ ACCELERATE = shutil.which("accelerate", path=str(Path(sys.executable).parent))
 )
 def test_value_family_two_processes(launcher, recipe, tiny_model_dir, tmp_path):
     out = tmp_path / "run"
-    cmd = [
-        ACCELERATE,
-        "launch",
-        "--config_file",
-        str(REPO / "recipes" / "accelerate" / f"{launcher}.yaml"),
-        "--num_processes",
-        "2",
+    proc = launch(
+        launcher,
         "-m",
         "rlhf.train",
         str(REPO / "recipes" / f"{recipe}.yaml"),
@@ -48,8 +41,7 @@ def test_value_family_two_processes(launcher, recipe, tiny_model_dir, tmp_path):
         "logging.report_to=[]",
         "logging.progress_bar=false",
         f"rewards=[{{fn: '{REPO / 'tests' / 'reward_fixtures.py'}:length_reward'}}]",
-    ]
-    proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=300)
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows] == [1, 2]
@@ -63,13 +55,8 @@ def test_value_family_two_processes(launcher, recipe, tiny_model_dir, tmp_path):
 
 
 def test_trpo_under_deepspeed_is_refused_with_the_fix(tiny_model_dir, tmp_path):
-    cmd = [
-        ACCELERATE,
-        "launch",
-        "--config_file",
-        str(REPO / "recipes" / "accelerate" / "zero2.yaml"),
-        "--num_processes",
-        "2",
+    proc = launch(
+        "zero2",
         "-m",
         "rlhf.train",
         str(REPO / "recipes" / "trpo_arithmetic_smollm2.yaml"),
@@ -77,21 +64,15 @@ def test_trpo_under_deepspeed_is_refused_with_the_fix(tiny_model_dir, tmp_path):
         "train.max_steps=1",
         f"output_dir={tmp_path}",
         "logging.report_to=[]",
-    ]
-    proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=300)
+    )
     assert proc.returncode != 0
     assert "ddp.yaml" in proc.stderr and "trpo" in proc.stderr
 
 
 def test_non_finite_step_under_deepspeed_leaves_the_weights_untouched(tiny_model_dir, tmp_path):
     """DeepSpeed steps inside backward(); a NaN minibatch must not let Adam's moments move the adapter."""
-    cmd = [
-        ACCELERATE,
-        "launch",
-        "--config_file",
-        str(REPO / "recipes" / "accelerate" / "zero2.yaml"),
-        "--num_processes",
-        "2",
+    proc = launch(
+        "zero2",
         str(REPO / "tests" / "nan_worker.py"),
         str(REPO / "recipes" / "grpo_arithmetic_smollm2.yaml"),
         f"model.path={tiny_model_dir}",
@@ -106,8 +87,7 @@ def test_non_finite_step_under_deepspeed_leaves_the_weights_untouched(tiny_model
         "logging.report_to=[]",
         "logging.progress_bar=false",
         f"rewards=[{{fn: '{REPO / 'tests' / 'reward_fixtures.py'}:length_reward'}}]",
-    ]
-    proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=300)
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     assert [r["optim/skipped_steps"] for r in rows] == [0, 1]

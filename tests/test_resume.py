@@ -2,7 +2,6 @@
 
 import json
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -15,12 +14,12 @@ import torch
 from rlhf.checkpoint import CheckpointError, list_checkpoints, resolve_resume
 from rlhf.config import load_config
 from rlhf.trainer import GRPOTrainer
+from tests.conftest import launch
 
 REPO = Path(__file__).resolve().parents[1]
 RECIPE = REPO / "recipes" / "grpo_arithmetic_smollm2.yaml"
 FIXTURES = REPO / "tests" / "reward_fixtures.py"
 VOLATILE = ("time/", "throughput/")
-ACCELERATE = shutil.which("accelerate", path=str(Path(sys.executable).parent))
 
 
 def _over(tiny: str, out: Path, *extra: str) -> list[str]:
@@ -100,19 +99,7 @@ def test_ppo_zero2_two_process_resume_equals_uninterrupted_run(tiny_model_dir, t
 
 
 def _launch_zero2(tiny: str, out: Path, *extra: str, recipe: Path = RECIPE) -> str:
-    cmd = [
-        ACCELERATE,
-        "launch",
-        "--num_processes",
-        "2",
-        "--config_file",
-        str(REPO / "recipes" / "accelerate" / "zero2.yaml"),
-        "-m",
-        "rlhf.train",
-        str(recipe),
-        *_over(tiny, out, *extra),
-    ]
-    proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=300)
+    proc = launch("zero2", "-m", "rlhf.train", recipe, *_over(tiny, out, *extra))
     assert proc.returncode == 0, proc.stderr[-3000:]
     return proc.stderr
 
