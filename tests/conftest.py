@@ -21,6 +21,24 @@ os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 
+def tiny_run(tiny_model_dir: str, out) -> list[str]:
+    """Overrides that make any shipped recipe a seconds-long run on the tiny model: 2 prompts x 4 completions of
+    <= 6 tokens, one micro-batch, no evaluation or trackers, a reward that varies within every group."""
+    return [
+        f"output_dir={out}",
+        f"model.path={tiny_model_dir}",
+        "model.dtype=float32",
+        "rollout.max_new_tokens=6",
+        "rollout.num_generations=4",
+        "train.prompts_per_step=2",
+        "train.micro_batch_size=4",
+        "eval.every=0",
+        "logging.report_to=[]",
+        "logging.progress_bar=false",
+        f"rewards=[{{fn: '{REPO / 'tests' / 'reward_fixtures.py'}:length_reward'}}]",
+    ]
+
+
 def launch(launcher: str, *args, env: dict | None = None) -> subprocess.CompletedProcess:
     """`accelerate launch --num_processes 2` with recipes/accelerate/<launcher>.yaml; args follow (a script or
     `-m module`, then its arguments). `env` adds to this process's environment."""

@@ -12,9 +12,7 @@ from rlhf.advantages import gae, token_rewards
 from rlhf.kl_control import KLController, RunningMoments
 from rlhf.losses import clipped_value_loss, explained_variance
 from rlhf.trpo import conjugate_gradient, trpo_step
-from tests.conftest import REPO
-
-FIXTURES = REPO / "tests" / "reward_fixtures.py"
+from tests.conftest import REPO, tiny_run
 
 
 def test_clipped_value_loss_hand_values():
@@ -240,22 +238,7 @@ def _run(tiny_model_dir, tmp_path, recipe: str, extra: list[str]):
     from rlhf.config import load_config
     from rlhf.trainer import Trainer
 
-    over = [
-        f"output_dir={tmp_path}",
-        f"model.path={tiny_model_dir}",
-        "model.dtype=float32",
-        "rollout.max_new_tokens=6",
-        "rollout.num_generations=4",
-        "train.prompts_per_step=2",
-        "train.micro_batch_size=4",
-        "eval.every=0",
-        "logging.report_to=[]",
-        "logging.progress_bar=false",
-        "logging.samples_every=0",
-        "optim.warmup_steps=0",
-        f"rewards=[{{fn: '{FIXTURES}:length_reward'}}]",
-        *extra,
-    ]
+    over = [*tiny_run(tiny_model_dir, tmp_path), "logging.samples_every=0", "optim.warmup_steps=0", *extra]
     trainer = Trainer(load_config(REPO / "recipes" / recipe, over))
     return trainer
 

@@ -6,26 +6,13 @@ import torch
 
 from rlhf.config import load_config
 from rlhf.trainer import StepBatch, Trainer
-from tests.conftest import REPO
+from tests.conftest import REPO, tiny_run
 
 FIXTURES = REPO / "tests" / "reward_fixtures.py"
 
 
 def _trainer(tiny_model_dir, out) -> Trainer:
-    over = [
-        f"output_dir={out}",
-        f"model.path={tiny_model_dir}",
-        "model.dtype=float32",
-        "rollout.max_new_tokens=6",
-        "rollout.num_generations=4",
-        "train.prompts_per_step=2",
-        "train.micro_batch_size=4",
-        "eval.every=0",
-        "logging.report_to=[]",
-        "logging.progress_bar=false",
-        "optim.lr=1e-2",
-        f"rewards=[{{fn: '{FIXTURES}:length_reward'}}]",
-    ]
+    over = [*tiny_run(tiny_model_dir, out), "optim.lr=1e-2"]
     return Trainer(load_config(REPO / "recipes" / "grpo_arithmetic_smollm2.yaml", over))
 
 
