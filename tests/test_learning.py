@@ -8,12 +8,12 @@ from rlhf.config import load_config
 from rlhf.trainer import GRPOTrainer
 
 
-@pytest.mark.slow
-def test_grpo_raises_heldout_addition_accuracy(tmp_path):
+def _train_25_steps(recipe: str, out) -> tuple[dict[int, float], list[dict]]:
+    """(held-out accuracy by step, metrics rows) of a 25-step run of `recipe`, evaluated at steps 0 and 25."""
     cfg = load_config(
-        "recipes/grpo_arithmetic_smollm2.yaml",
+        recipe,
         [
-            f"output_dir={tmp_path}",
+            f"output_dir={out}",
             "train.max_steps=25",
             "eval.every=25",
             "eval.num_samples=100",
@@ -23,8 +23,13 @@ def test_grpo_raises_heldout_addition_accuracy(tmp_path):
         ],
     )
     GRPOTrainer(cfg).train()
-    rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
-    acc = {r["step"]: r["eval/accuracy"] for r in rows if "eval/accuracy" in r}
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    return {r["step"]: r["eval/accuracy"] for r in rows if "eval/accuracy" in r}, rows
+
+
+@pytest.mark.slow
+def test_grpo_raises_heldout_addition_accuracy(tmp_path):
+    acc, _ = _train_25_steps("recipes/grpo_arithmetic_smollm2.yaml", tmp_path)
     print(f"held-out accuracy: step 0 {acc[0]:.2f} -> step 25 {acc[25]:.2f}")
     assert acc[0] < 0.4  # the base model gets about a quarter right
     assert acc[25] >= acc[0] + 0.15, acc
@@ -33,21 +38,7 @@ def test_grpo_raises_heldout_addition_accuracy(tmp_path):
 @pytest.mark.slow
 def test_ppo_raises_heldout_addition_accuracy(tmp_path):
     """PPO with a value head on the shared trunk (GAE, per-token KL in the reward, adaptive KL) learns the task too."""
-    cfg = load_config(
-        "recipes/ppo_arithmetic_smollm2.yaml",
-        [
-            f"output_dir={tmp_path}",
-            "train.max_steps=25",
-            "eval.every=25",
-            "eval.num_samples=100",
-            "logging.report_to=[]",
-            "logging.progress_bar=false",
-            "logging.samples_every=0",
-        ],
-    )
-    GRPOTrainer(cfg).train()
-    rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
-    acc = {r["step"]: r["eval/accuracy"] for r in rows if "eval/accuracy" in r}
+    acc, rows = _train_25_steps("recipes/ppo_arithmetic_smollm2.yaml", tmp_path)
     train = [r for r in rows if "value/explained_var" in r]
     print(f"PPO held-out accuracy: step 0 {acc[0]:.2f} -> step 25 {acc[25]:.2f}")
     assert acc[0] < 0.4
