@@ -6,9 +6,12 @@ differentiate, so gradient synchronisation hooks fire, and the output head runs 
 
 from __future__ import annotations
 
+import copy
+import math
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from rlhf.logprobs import position_ids_from_mask, token_logprobs
@@ -25,12 +28,19 @@ class PolicyOutput:
 class Policy(nn.Module):
     """A PEFT causal LM; `forward` scores completion tokens given prompt + completion."""
 
-    def __init__(self, model: nn.Module, value_model: nn.Module | None = None, chunk_tokens: int = 1024):
+    def __init__(
+        self,
+        model: nn.Module,
+        value_model: nn.Module | None = None,
+        chunk_tokens: int = 1024,
+        bucket_overhead: int = 64,
+    ):
         super().__init__()
         self.model = model
         # inside this module so accelerate/DeepSpeed wrap, shard and synchronise it with the policy's adapter
         self.value_model = value_model
         self.chunk_tokens = chunk_tokens
+        self.bucket_overhead = bucket_overhead  # see length_buckets; -1 pads every row to the longest
 
     def policy_parameters(self) -> list[nn.Parameter]:
         """Trainable parameters of the policy alone (LoRA), without the value model's."""
@@ -64,7 +74,14 @@ class Policy(nn.Module):
         input (critic warm-up, TRPO), so it trains only the head when the trunk is shared."""
         share = shares_prompts(prompt_ids, prompt_mask, group_size, self.base)
         h = completion_states(
-            self.base.get_decoder(), prompt_ids, prompt_mask, completion_ids, completion_mask, group_size, share
+            self.base.get_decoder(),
+            prompt_ids,
+            prompt_mask,
+            completion_ids,
+            completion_mask,
+            group_size,
+            share,
+            self.bucket_overhead,
         )
         mask = completion_mask.bool()
         weight = self.base.get_output_embeddings().weight
@@ -98,7 +115,14 @@ class Policy(nn.Module):
         KL between two policies (TRPO). Materialises N x V: for small batches only."""
         share = shares_prompts(prompt_ids, prompt_mask, group_size, self.base)
         h = completion_states(
-            self.base.get_decoder(), prompt_ids, prompt_mask, completion_ids, completion_mask, group_size, share
+            self.base.get_decoder(),
+            prompt_ids,
+            prompt_mask,
+            completion_ids,
+            completion_mask,
+            group_size,
+            share,
+            self.bucket_overhead,
         )
         weight = self.base.get_output_embeddings().weight
         logits = h[completion_mask.bool()].float() @ weight.float().T
@@ -117,6 +141,38 @@ def shares_prompts(prompt_ids: Tensor, prompt_mask: Tensor, group_size: int, mod
     return bool((ids == ids[:, :1]).all() and (masks == masks[:, :1]).all())
 
 
+def length_buckets(lengths: Tensor, overhead_tokens: int = 64) -> list[Tensor]:
+    """Row indices in groups of similar length, so each group is padded only to its own longest row.
+
+    Rows are sorted by length and cut into runs that minimise the padded work: the sum over runs of rows x longest
+    length, plus `overhead_tokens` per run for the fixed cost of one more forward call (framework and kernel launches,
+    smaller matmuls). A batch of equal lengths stays one run; overhead_tokens < 0 disables the split."""
+    order = torch.argsort(lengths, stable=True)
+    if overhead_tokens < 0 or len(order) <= 1:
+        return [order]
+    ls = lengths[order].clamp(min=1).tolist()
+    n = len(ls)
+    best, cut = [0.0] + [math.inf] * n, [0] * (n + 1)
+    for j in range(1, n + 1):  # best[j]: cheapest split of the j shortest rows; the last run is rows cut[j]..j-1
+        for i in range(j):
+            cost = best[i] + (j - i) * ls[j - 1] + overhead_tokens
+            if cost < best[j]:
+                best[j], cut[j] = cost, i
+    runs, j = [], n
+    while j > 0:
+        runs.append(order[cut[j] : j])
+        j = cut[j]
+    return runs[::-1]
+
+
+def _cache_rows(cache, rows: Tensor):
+    """A copy of `cache` holding only batch rows `rows` (differentiable: gradients flow back to the shared cache)."""
+    out = copy.copy(cache)
+    out.layers = [copy.copy(layer) for layer in cache.layers]
+    out.batch_select_indices(rows)
+    return out
+
+
 def completion_states(
     decoder: nn.Module,
     prompt_ids: Tensor,
@@ -125,13 +181,20 @@ def completion_states(
     completion_mask: Tensor,
     group_size: int,
     share_prompts: bool,
+    bucket_overhead: int = 64,
 ) -> Tensor:
     """[B, C, H] last hidden states that predict each completion token: state t has seen the prompt and completion
-    tokens before t (position P - 1 + t of the concatenated sequence). With share_prompts, each run of group_size
-    rows has one prompt, encoded once and its cache repeated."""
+    tokens before t (position P - 1 + t of the concatenated sequence); zeros past each row's completion.
+
+    With share_prompts, each run of group_size rows has one prompt, encoded once; its keys/values are then read by
+    every row of the group. Rows are scored in runs of similar completion length (`length_buckets`), each run cut
+    to its longest completion, so padding costs little when a few completions are much longer than the rest."""
+    B, P = prompt_ids.shape
+    C = completion_ids.shape[1]
     attention_mask = torch.cat([prompt_mask, completion_mask], dim=1).long()
     position_ids = position_ids_from_mask(attention_mask)
-    P, C = prompt_ids.shape[1], completion_ids.shape[1]
+    lengths = completion_mask.sum(-1)
+    prompt_cache = prompt_last = None
     if share_prompts:
         G = group_size
         first = decoder(
@@ -140,21 +203,32 @@ def completion_states(
             position_ids=position_ids[::G, :P],
             use_cache=True,
         )
-        cache = first.cache
-        cache.batch_repeat_interleave(G)
-        rest = decoder(
-            input_ids=completion_ids,
-            attention_mask=attention_mask,
-            position_ids=position_ids[:, P:],
-            cache=cache,
-            use_cache=True,
-        ).last_hidden_state
-        # the prompt's last state predicts the first completion token; completion states predict the rest
-        return torch.cat([first.last_hidden_state[:, -1:].repeat_interleave(G, dim=0), rest[:, : C - 1]], dim=1)
-    hidden = decoder(
-        input_ids=torch.cat([prompt_ids, completion_ids], dim=1),
-        attention_mask=attention_mask,
-        position_ids=position_ids,
-        use_cache=False,
-    ).last_hidden_state
-    return hidden[:, P - 1 : P + C - 1]
+        prompt_cache, prompt_last = first.cache, first.last_hidden_state[:, -1:]
+    parts, rows_all = [], []
+    for rows in length_buckets(lengths, bucket_overhead):
+        w = max(int(lengths[rows].max()), 1)
+        if share_prompts:
+            group = torch.div(rows, group_size, rounding_mode="floor")
+            rest = decoder(
+                input_ids=completion_ids[rows, :w],
+                attention_mask=attention_mask[rows, : P + w],
+                position_ids=position_ids[rows, P : P + w],
+                cache=_cache_rows(prompt_cache, group),
+                use_cache=True,
+            ).last_hidden_state
+            # the prompt's last state predicts the first completion token; completion states predict the rest
+            h = torch.cat([prompt_last[group], rest[:, : w - 1]], dim=1)
+        else:
+            keep = prompt_mask[rows].bool().any(0).nonzero()
+            p0 = int(keep[0]) if len(keep) else 0  # left padding that every row of the run has
+            hidden = decoder(
+                input_ids=torch.cat([prompt_ids[rows, p0:], completion_ids[rows, :w]], dim=1),
+                attention_mask=attention_mask[rows, p0 : P + w],
+                position_ids=position_ids[rows, p0 : P + w],
+                use_cache=False,
+            ).last_hidden_state
+            h = hidden[:, P - p0 - 1 : P - p0 + w - 1]
+        parts.append(F.pad(h, (0, 0, 0, C - w)))
+        rows_all.append(rows)
+    order = torch.cat(rows_all)
+    return torch.cat(parts)[torch.argsort(order)]

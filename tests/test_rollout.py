@@ -3,7 +3,7 @@ import torch
 
 from rlhf.data import left_pad
 from rlhf.models import load_policy, merged_adapter
-from rlhf.policy import Policy, shares_prompts
+from rlhf.policy import Policy, length_buckets, shares_prompts
 from rlhf.rollout import SamplingParams, StopChecker, generate_batched, sample_next
 
 
@@ -147,6 +147,44 @@ def test_shared_prompt_forward_equals_plain_forward_and_gradients(policy, tokeni
         torch.testing.assert_close(grads[0][n], grads[1][n], atol=2e-4, rtol=1e-3)  # summation order only
     # rows whose prompts differ inside a "group" fall back to the plain path
     assert not shares_prompts(out.prompt_ids[2:6], out.prompt_mask[2:6], 2, pol.base)
+
+
+def test_length_buckets_minimise_padded_work():
+    lengths = torch.tensor([64, 3, 60, 4, 5, 62])
+    runs = length_buckets(lengths, overhead_tokens=10)
+    # sorted [3,4,5,60,62,64]: two runs cost 3*5 + 3*64 + 20 = 227; one run 6*64 + 10 = 394; three or more cost more
+    assert [r.tolist() for r in runs] == [[1, 3, 4], [2, 5, 0]]
+    assert [r.tolist() for r in length_buckets(lengths, overhead_tokens=1000)] == [[1, 3, 4, 2, 5, 0]]
+    assert len(length_buckets(lengths, overhead_tokens=0)) == 6
+    assert length_buckets(lengths, overhead_tokens=-1)[0].tolist() == [1, 3, 4, 2, 5, 0]  # disabled: one run
+    assert len(length_buckets(torch.full((8,), 16), overhead_tokens=0)) == 1  # equal lengths never split
+
+
+def test_length_buckets_keep_logprobs_values_and_gradients(policy, tokenizer):
+    """Scoring rows in runs of similar completion length gives the same numbers as padding all to the longest,
+    with and without the shared prompt encoding."""
+    ids, mask = _prompts(tokenizer, ["one prompt", "another, longer prompt here"])
+    torch.manual_seed(4)
+    out = generate_batched(policy.get_base_model(), tokenizer, ids, mask, 3, SamplingParams(max_new_tokens=9))
+    cmask = out.completion_mask.clone()
+    for row, keep in enumerate([1, 9, 4, 2, 9, 6]):  # very different lengths, so the runs really split
+        cmask[row, keep:] = 0
+    args = (out.prompt_ids, out.prompt_mask, out.completion_ids, cmask, 1.0)
+    weights = torch.randn(cmask.shape)
+    results = []
+    for overhead, group_size in ((-1, 1), (0, 1), (-1, 3), (2, 3)):
+        policy.zero_grad()
+        lp = Policy(policy, bucket_overhead=overhead)(*args, group_size=group_size).logprobs
+        (lp * weights).sum().backward()
+        grads = {n: p.grad.clone() for n, p in policy.named_parameters() if p.requires_grad}
+        results.append((lp.detach(), grads))
+    assert len(length_buckets(cmask.sum(-1), 2)) > 1
+    ref_lp, ref_grads = results[0]
+    assert (ref_lp[cmask == 0] == 0).all()
+    for lp, grads in results[1:]:
+        torch.testing.assert_close(lp, ref_lp, atol=1e-5, rtol=1e-5)
+        for n in ref_grads:
+            torch.testing.assert_close(grads[n], ref_grads[n], atol=2e-4, rtol=1e-3)
 
 
 def test_categorical_sampler_matches_probabilities_and_skips_zero_mass():
