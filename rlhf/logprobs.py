@@ -1,7 +1,9 @@
 """Per-token log-probabilities of completions, without ever holding a [B, T, V] float32 tensor.
 
-The output head runs only on completion positions, in float32, a chunk of tokens at a time; with gradients on, each
-chunk is recomputed in the backward pass (activation checkpointing), so peak memory is one chunk of logits.
+The output head runs only on completion positions, in float32, a chunk of tokens at a time. Each chunk is one
+autograd function (`_HeadLogprobs`) that saves only its inputs and the log-normaliser: the backward recomputes the
+chunk's logits, so peak memory is one chunk of logits, and the forward gets the entropy from the same exponentials
+(no second pass of the head for it).
 """
 
 from __future__ import annotations
@@ -9,19 +11,42 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import Tensor
-from torch.utils.checkpoint import checkpoint
 
 
-def _chunk_logprobs(hidden: Tensor, weight: Tensor, targets: Tensor, temperature: float) -> Tensor:
-    logits = F.linear(hidden.float(), weight.float()) / temperature  # [n, V] float32
-    return logits.gather(-1, targets[:, None]).squeeze(-1) - torch.logsumexp(logits, dim=-1)
+def _logits(hidden: Tensor, weight: Tensor, temperature: float) -> Tensor:
+    logits = F.linear(hidden.float(), weight.float())
+    return logits if temperature == 1.0 else logits.div_(temperature)
 
 
-@torch.no_grad()
-def _chunk_entropy(hidden: Tensor, weight: Tensor, temperature: float) -> Tensor:
-    logits = F.linear(hidden.float(), weight.float()) / temperature
-    logp = logits.log_softmax(-1)
-    return -(logp.exp() * logp).sum(-1)
+class _HeadLogprobs(torch.autograd.Function):
+    """log softmax(h W^T / T)[target] and the entropy (no gradient) of one chunk of tokens."""
+
+    @staticmethod
+    def forward(ctx, hidden: Tensor, weight: Tensor, targets: Tensor, temperature: float):
+        logits = _logits(hidden, weight, temperature)  # [n, V] float32
+        peak = logits.amax(-1, keepdim=True)
+        e = (logits - peak).exp_()
+        z = e.sum(-1)
+        lse = peak.squeeze(-1) + z.log()
+        entropy = lse - (e.mul_(logits)).sum(-1) / z  # H = log Z - E_p[logit]
+        logprobs = logits.gather(-1, targets[:, None]).squeeze(-1) - lse
+        ctx.save_for_backward(hidden, weight, targets, lse)
+        ctx.temperature = temperature
+        ctx.mark_non_differentiable(entropy)
+        return logprobs, entropy
+
+    @staticmethod
+    def backward(ctx, grad_logprobs: Tensor, _grad_entropy: Tensor):
+        hidden, weight, targets, lse = ctx.saved_tensors
+        g = grad_logprobs[:, None]
+        # d logprob / d logits = onehot(target) - softmax, both scaled by 1/T through the logits
+        grad = _logits(hidden, weight, ctx.temperature).sub_(lse[:, None]).exp_().mul_(-g)
+        grad.scatter_add_(-1, targets[:, None], g)
+        if ctx.temperature != 1.0:
+            grad.div_(ctx.temperature)
+        grad_h = (grad @ weight.float()).to(hidden.dtype) if ctx.needs_input_grad[0] else None
+        grad_w = (grad.T @ hidden.float()).to(weight.dtype) if ctx.needs_input_grad[1] else None
+        return grad_h, grad_w, None, None
 
 
 def token_logprobs(
@@ -35,18 +60,15 @@ def token_logprobs(
     """log softmax(hidden @ weight.T / temperature)[target] per token.
 
     hidden: [N, H] (any float dtype), weight: [V, H] output head, targets: [N] long.
-    Returns logprobs [N] float32 (differentiable w.r.t. hidden) and, if asked, the entropy [N] float32 (detached).
+    Returns logprobs [N] float32 (differentiable w.r.t. hidden and weight) and, if asked, the entropy [N] float32
+    (detached).
     """
     out, ent = [], []
-    grad = torch.is_grad_enabled() and hidden.requires_grad
     for start in range(0, hidden.shape[0], chunk_tokens):
         h, t = hidden[start : start + chunk_tokens], targets[start : start + chunk_tokens]
-        if grad:
-            out.append(checkpoint(_chunk_logprobs, h, weight, t, temperature, use_reentrant=False))
-        else:
-            out.append(_chunk_logprobs(h, weight, t, temperature))
-        if with_entropy:
-            ent.append(_chunk_entropy(h.detach(), weight, temperature))
+        lp, e = _HeadLogprobs.apply(h, weight, t, temperature)
+        out.append(lp)
+        ent.append(e)
     empty = hidden.new_zeros(0, dtype=torch.float32)
     logprobs = torch.cat(out) if out else empty
     return logprobs, (torch.cat(ent) if ent else empty) if with_entropy else None

@@ -1,21 +1,42 @@
+import pytest
 import torch
 
 from rlhf.logprobs import naive_token_logprobs, token_logprobs
 
 
-def test_chunked_equals_plain_and_gradients_match():
+@pytest.mark.parametrize("temperature", [1.0, 0.7])
+def test_chunked_equals_plain_and_gradients_match(temperature):
     g = torch.Generator().manual_seed(0)
     hidden = torch.randn(37, 16, generator=g, requires_grad=True)
-    weight = torch.randn(101, 16, generator=g)
+    weight = torch.randn(101, 16, generator=g, requires_grad=True)
     targets = torch.randint(0, 101, (37,), generator=g)
-    chunked, entropy = token_logprobs(hidden, weight, targets, temperature=0.7, chunk_tokens=8, with_entropy=True)
-    plain = naive_token_logprobs(hidden, weight, targets, temperature=0.7)
+    upstream = torch.randn(37, generator=g)  # a non-uniform incoming gradient, as a loss with advantages gives
+    chunked, entropy = token_logprobs(hidden, weight, targets, temperature, chunk_tokens=8, with_entropy=True)
+    plain = naive_token_logprobs(hidden, weight, targets, temperature)
     torch.testing.assert_close(chunked, plain)
-    (g1,) = torch.autograd.grad(chunked.sum(), hidden)
-    (g2,) = torch.autograd.grad(plain.sum(), hidden)
-    torch.testing.assert_close(g1, g2)
-    logp = (hidden.detach() @ weight.T / 0.7).log_softmax(-1)
+    g1 = torch.autograd.grad((chunked * upstream).sum(), (hidden, weight))
+    g2 = torch.autograd.grad((plain * upstream).sum(), (hidden, weight))
+    for a, b in zip(g1, g2):
+        torch.testing.assert_close(a, b)
+    logp = (hidden.detach() @ weight.detach().T / temperature).log_softmax(-1)
     torch.testing.assert_close(entropy, -(logp.exp() * logp).sum(-1))
+    assert not entropy.requires_grad
+
+
+def test_bfloat16_hidden_gets_a_bfloat16_gradient_close_to_float32():
+    g = torch.Generator().manual_seed(1)
+    hidden = torch.randn(20, 32, generator=g)
+    weight = torch.randn(300, 32, generator=g) * 0.2
+    targets = torch.randint(0, 300, (20,), generator=g)
+    h16 = hidden.bfloat16().requires_grad_()
+    h32 = h16.detach().float().requires_grad_()
+    lp16, _ = token_logprobs(h16, weight.bfloat16(), targets)
+    lp32 = naive_token_logprobs(h32, weight.bfloat16().float(), targets)
+    torch.testing.assert_close(lp16, lp32, atol=1e-5, rtol=1e-5)  # the head itself runs in float32
+    lp16.sum().backward()
+    lp32.sum().backward()
+    assert h16.grad.dtype == torch.bfloat16
+    torch.testing.assert_close(h16.grad.float(), h32.grad, atol=2e-2, rtol=2e-2)
 
 
 def test_chunked_peak_memory_is_lower_on_long_vocabulary():
