@@ -55,6 +55,31 @@ def test_shapes_masks_and_behaviour_logprobs_match_training_forward(policy, toke
     assert (out.logprobs[out.completion_mask == 0] == 0).all()
 
 
+def test_finished_rows_leave_the_decoding_batch_without_changing_the_rest(policy, tokenizer):
+    """Rows that ended are dropped from the batch (and the KV cache) as decoding goes on; every remaining row must
+    still be decoded against its own cache: its behaviour log-probs equal the plain training forward's."""
+    ids, mask = _prompts(tokenizer, ["hi", "a much longer prompt than the first one", "third"])
+    model = policy.get_base_model()
+    batch_sizes = []
+    hook = model.register_forward_pre_hook(
+        lambda mod, args, kwargs: batch_sizes.append(kwargs["input_ids"].shape[0]), with_kwargs=True
+    )
+    try:
+        torch.manual_seed(5)  # stop strings common in random text, so rows end at many different steps
+        out = generate_batched(model, tokenizer, ids, mask, 4, SamplingParams(max_new_tokens=16, stop=["ing"]))
+    finally:
+        hook.remove()
+    lengths = out.completion_mask.sum(-1)
+    assert len(set(lengths.tolist())) > 3
+    decode = batch_sizes[1:]  # after the prefill of the 3 distinct prompts
+    assert decode[0] == 12 and min(decode) < 12 and decode == sorted(decode, reverse=True)
+    for step, n in enumerate(decode, start=1):  # the batch always holds every row still running at that step
+        assert n >= int((lengths > step).sum())
+    with torch.no_grad():
+        po = Policy(policy)(out.prompt_ids, out.prompt_mask, out.completion_ids, out.completion_mask)
+    torch.testing.assert_close(po.logprobs, out.logprobs, atol=2e-4, rtol=1e-4)
+
+
 def test_merged_adapter_is_exact_and_restores_bits(policy, tokenizer):
     ids, mask = _prompts(tokenizer, ["x", "y z"])
     before = {n: p.detach().clone() for n, p in policy.named_parameters()}
