@@ -15,6 +15,7 @@ prompts and group size, and prints both step times and the ratio ours/TRL (`--tr
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import math
@@ -274,7 +275,9 @@ def main(argv: list[str] | None = None) -> int:
     if a.warmup < 0 or a.steps < 1:
         p.error("--warmup must be >= 0 and --steps >= 1")
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    res = benchmark(a.recipe, a.overrides, a.warmup, a.steps, a.bandwidth, a.peak_flops)
+    # libraries print notices on stdout while loading (DeepSpeed's accelerator line); keep stdout for the result
+    with contextlib.redirect_stdout(sys.stderr):
+        res = benchmark(a.recipe, a.overrides, a.warmup, a.steps, a.bandwidth, a.peak_flops)
     if a.trl_json:
         res["trl"] = json.loads(Path(a.trl_json).read_text().strip().splitlines()[-1])
     elif a.compare_trl:
