@@ -97,7 +97,9 @@ class Policy(nn.Module):
             if self.value_model is None:
                 raise ValueError("this policy has no value model (algorithm.name ppo/actor_critic/trpo builds one)")
             if isinstance(self.value_model, Critic):
-                values = self.value_model(prompt_ids, prompt_mask, completion_ids, completion_mask, group_size)
+                values = self.value_model(
+                    prompt_ids, prompt_mask, completion_ids, completion_mask, group_size, self.bucket_overhead
+                )
             else:
                 values = self.value_model(h.detach() if detach_value_trunk else h) * completion_mask
         return PolicyOutput(logprobs, entropy, values)

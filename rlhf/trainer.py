@@ -41,6 +41,7 @@ from rlhf.distributed import (
     gathered_parameters,
     is_deepspeed,
     make_accelerator,
+    zero_stage,
 )
 from rlhf.evaluation import greedy_eval
 from rlhf.kl_control import KLController, RunningMoments
@@ -229,7 +230,12 @@ class Trainer:
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(o.schedule, o.warmup_steps, total_updates))
         # The scheduler stays unprepared: accelerate's wrapper steps it once per process, which assumes a sharded
         # dataloader; here it steps once per optimizer step.
-        self.policy, self.optimizer = acc.prepare(Policy(model, value_model), optimizer)
+        # ZeRO-3 gathers each layer's weights in every forward call, as a collective: all ranks must make the same
+        # number of calls, so rows are not split into length runs there (the split depends on each rank's lengths)
+        bucket_overhead = -1 if zero_stage(acc) == 3 else 64
+        self.policy, self.optimizer = acc.prepare(
+            Policy(model, value_model, bucket_overhead=bucket_overhead), optimizer
+        )
         self.kl_ctl = KLController(a.beta, a.kl_target, a.kl_horizon)
         self.reward_stats = RunningMoments()
         self.scheduler = scheduler

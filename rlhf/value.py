@@ -47,12 +47,16 @@ class Critic(nn.Module):
         completion_ids: Tensor,
         completion_mask: Tensor,
         group_size: int = 1,
+        bucket_overhead: int = 64,
     ) -> Tensor:  # [B, C] float32, 0 where completion_mask is 0
+        """bucket_overhead: see rlhf.policy.length_buckets (the policy passes its own, -1 under ZeRO-3)."""
         from rlhf.policy import completion_states, shares_prompts
 
         decoder = self.trunk.get_base_model()
         share = shares_prompts(prompt_ids, prompt_mask, group_size, decoder)
-        h = completion_states(decoder, prompt_ids, prompt_mask, completion_ids, completion_mask, group_size, share)
+        h = completion_states(
+            decoder, prompt_ids, prompt_mask, completion_ids, completion_mask, group_size, share, bucket_overhead
+        )
         return self.head(h) * completion_mask
 
 

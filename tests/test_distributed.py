@@ -118,6 +118,9 @@ def test_zero_ranks_agree_and_match_one_process(launcher, one_process, tiny_mode
     for key in ("loss/policy", "optim/grad_norm", "policy/entropy", "reward/mean"):
         assert m[key] == pytest.approx(m_ref[key], rel=1e-6, abs=1e-9), key
     assert m["optim/updates"] == m_ref["optim/updates"] == 1
+    # ZeRO-3 gathers weights as a collective in every forward call: splitting rows into length runs (a count that
+    # depends on each rank's lengths) would leave the ranks waiting on each other, so it is off there
+    assert m["bucket_overhead"] == (-1 if launcher == "zero3" else 64)
 
     # save_checkpoint / load_checkpoint with trainable_module=policy under DeepSpeed: every weight was scrambled
     # between the two, and both ranks are back to exactly the trained adapter

@@ -93,6 +93,7 @@ def _run(trainer, out: Path, round_trip: bool) -> dict:
     save_file(lora_weights(trainer), str(out / f"lora-rank{rank}.safetensors"))
     if acc.is_main_process:
         numbers = {k: v for k, v in metrics.items() if isinstance(v, int | float)}
+        numbers["bucket_overhead"] = acc.unwrap_model(trainer.policy).bucket_overhead
         (out / "final-metrics.json").write_text(json.dumps(numbers, indent=1))
 
     if round_trip:
