@@ -78,7 +78,7 @@ def sample_next(logits: Tensor, params: SamplingParams) -> tuple[Tensor, Tensor]
     if params.greedy:
         tokens = logits.argmax(-1)
         return tokens, logits.log_softmax(-1).gather(-1, tokens[:, None]).squeeze(-1)
-    scaled = logits / params.temperature
+    scaled = logits if params.temperature == 1.0 else logits / params.temperature
     logp = scaled.log_softmax(-1)
     filtered = scaled
     if params.top_k > 0 and params.top_k < filtered.shape[-1]:
@@ -91,7 +91,9 @@ def sample_next(logits: Tensor, params: SamplingParams) -> tuple[Tensor, Tensor]
         drop_sorted = probs.cumsum(-1) - probs >= params.top_p
         drop = torch.zeros_like(drop_sorted).scatter(-1, order, drop_sorted)
         filtered = filtered.masked_fill(drop, -math.inf)
-    tokens = _sample_categorical(filtered.softmax(-1))
+    # untruncated: the probabilities are exp(logp), no second softmax over the vocabulary
+    probs = logp.exp() if filtered is scaled else filtered.softmax(-1)
+    tokens = _sample_categorical(probs)
     return tokens, logp.gather(-1, tokens[:, None]).squeeze(-1)
 
 

@@ -221,3 +221,14 @@ def test_categorical_sampler_matches_probabilities_and_skips_zero_mass():
     freq = torch.bincount(tokens, minlength=6).float() / len(tokens)
     assert freq[[0, 2, 5]].sum() == 0
     torch.testing.assert_close(freq, probs[0], atol=0.015, rtol=0)
+
+
+@pytest.mark.parametrize("temperature", [1.0, 0.5])
+def test_untruncated_sampling_follows_the_tempered_softmax(temperature):
+    torch.manual_seed(0)
+    logits = torch.tensor([[2.0, 0.0, 1.0, -1.0]]).repeat(20000, 1)
+    tokens, logp = sample_next(logits, SamplingParams(temperature=temperature))
+    probs = (logits[0] / temperature).softmax(-1)
+    freq = torch.bincount(tokens, minlength=4).float() / len(tokens)
+    torch.testing.assert_close(freq, probs, atol=0.015, rtol=0)
+    torch.testing.assert_close(logp, probs.log()[tokens])
