@@ -54,6 +54,23 @@ class Policy(nn.Module):
         """The transformers model (with LoRA layers injected), usable for cached decoding."""
         return self.model.get_base_model()
 
+    def states(
+        self, prompt_ids: Tensor, prompt_mask: Tensor, completion_ids: Tensor, completion_mask: Tensor, group_size: int
+    ) -> Tensor:
+        """[B, C, H] hidden states that predict each completion token (`completion_states`), the prompt shared per
+        group where the rows allow it."""
+        share = shares_prompts(prompt_ids, prompt_mask, group_size, self.base)
+        return completion_states(
+            self.base.get_decoder(),
+            prompt_ids,
+            prompt_mask,
+            completion_ids,
+            completion_mask,
+            group_size,
+            share,
+            self.bucket_overhead,
+        )
+
     def forward(
         self,
         prompt_ids: Tensor,  # [B, P] long, left-padded
@@ -72,17 +89,7 @@ class Policy(nn.Module):
         keys/values are shared by the G completions (gradients from all G flow back into it): the same numbers as
         encoding it G times, for a fraction of the work. detach_value_trunk stops the value loss at the value head's
         input (critic warm-up, TRPO), so it trains only the head when the trunk is shared."""
-        share = shares_prompts(prompt_ids, prompt_mask, group_size, self.base)
-        h = completion_states(
-            self.base.get_decoder(),
-            prompt_ids,
-            prompt_mask,
-            completion_ids,
-            completion_mask,
-            group_size,
-            share,
-            self.bucket_overhead,
-        )
+        h = self.states(prompt_ids, prompt_mask, completion_ids, completion_mask, group_size)
         mask = completion_mask.bool()
         weight = self.base.get_output_embeddings().weight
         lp, ent = token_logprobs(
@@ -115,17 +122,7 @@ class Policy(nn.Module):
     ) -> Tensor:
         """[N, V] float32 log-softmax over the whole vocabulary at the N completion tokens (mask order), for exact
         KL between two policies (TRPO). Materialises N x V: for small batches only."""
-        share = shares_prompts(prompt_ids, prompt_mask, group_size, self.base)
-        h = completion_states(
-            self.base.get_decoder(),
-            prompt_ids,
-            prompt_mask,
-            completion_ids,
-            completion_mask,
-            group_size,
-            share,
-            self.bucket_overhead,
-        )
+        h = self.states(prompt_ids, prompt_mask, completion_ids, completion_mask, group_size)
         weight = self.base.get_output_embeddings().weight
         logits = h[completion_mask.bool()].float() @ weight.float().T
         return torch.log_softmax(logits / temperature, dim=-1)
