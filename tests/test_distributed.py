@@ -10,7 +10,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from tests.conftest import launch
+from tests.conftest import launch, tiny_run
 
 REPO = Path(__file__).resolve().parents[1]
 FIXTURES = REPO / "tests" / "reward_fixtures.py"
@@ -29,18 +29,11 @@ def test_two_process_run(launcher, tiny_model_dir, tmp_path):
         "-m",
         "rlhf.train",
         REPO / "recipes" / "grpo_arithmetic_smollm2.yaml",
-        f"model.path={tiny_model_dir}",
-        "model.dtype=float32",
+        *tiny_run(tiny_model_dir, out),
+        "train.prompts_per_step=4",
         "train.max_steps=2",
-        "rollout.max_new_tokens=6",
-        "rollout.num_generations=4",
-        "train.micro_batch_size=4",
         "eval.every=2",
         "eval.num_samples=6",
-        f"output_dir={out}",
-        "logging.report_to=[]",
-        "logging.progress_bar=false",
-        f"rewards=[{{fn: '{FIXTURES}:length_reward'}}]",
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]

@@ -9,7 +9,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from tests.conftest import launch
+from tests.conftest import launch, tiny_run
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -29,18 +29,10 @@ def test_value_family_two_processes(launcher, recipe, tiny_model_dir, tmp_path):
         "-m",
         "rlhf.train",
         str(REPO / "recipes" / f"{recipe}.yaml"),
-        f"model.path={tiny_model_dir}",
-        "model.dtype=float32",
+        *tiny_run(tiny_model_dir, out),
+        "train.prompts_per_step=4",
         "train.max_steps=2",
-        "rollout.max_new_tokens=6",
-        "rollout.num_generations=4",
-        "train.micro_batch_size=4",
         "value.warmup_steps=0",
-        "eval.every=0",
-        f"output_dir={out}",
-        "logging.report_to=[]",
-        "logging.progress_bar=false",
-        f"rewards=[{{fn: '{REPO / 'tests' / 'reward_fixtures.py'}:length_reward'}}]",
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
@@ -75,18 +67,12 @@ def test_non_finite_step_under_deepspeed_leaves_the_weights_untouched(tiny_model
         "zero2",
         str(REPO / "tests" / "nan_worker.py"),
         str(REPO / "recipes" / "grpo_arithmetic_smollm2.yaml"),
-        f"model.path={tiny_model_dir}",
-        "model.dtype=float32",
+        *tiny_run(tiny_model_dir, tmp_path),
+        "train.prompts_per_step=4",
+        "train.micro_batch_size=32",  # one micro-batch per step: the worker's second loss call is step 2's
         "train.max_steps=2",
         "train.save_every=1",
-        "rollout.max_new_tokens=6",
-        "rollout.num_generations=4",
-        "eval.every=0",
         "optim.lr=1e-2",
-        f"output_dir={tmp_path}",
-        "logging.report_to=[]",
-        "logging.progress_bar=false",
-        f"rewards=[{{fn: '{REPO / 'tests' / 'reward_fixtures.py'}:length_reward'}}]",
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
