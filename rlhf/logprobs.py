@@ -83,3 +83,9 @@ def naive_token_logprobs(hidden: Tensor, weight: Tensor, targets: Tensor, temper
 def position_ids_from_mask(attention_mask: Tensor) -> Tensor:
     """Positions that skip left padding, the same rule generation uses, so training sees identical positions."""
     return (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
+
+
+def common_left_padding(mask: Tensor) -> int:
+    """How many leading columns of a left-padded [B, T] mask are padding in every row (they can be cut off)."""
+    keep = mask.bool().any(0).nonzero()
+    return int(keep[0]) if len(keep) else 0

@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from rlhf.logprobs import position_ids_from_mask, token_logprobs
+from rlhf.logprobs import common_left_padding, position_ids_from_mask, token_logprobs
 from rlhf.value import Critic
 
 
@@ -218,8 +218,7 @@ def completion_states(
             # the prompt's last state predicts the first completion token; completion states predict the rest
             h = torch.cat([prompt_last[group], rest[:, : w - 1]], dim=1)
         else:
-            keep = prompt_mask[rows].bool().any(0).nonzero()
-            p0 = int(keep[0]) if len(keep) else 0  # left padding that every row of the run has
+            p0 = common_left_padding(prompt_mask[rows])
             hidden = decoder(
                 input_ids=torch.cat([prompt_ids[rows, p0:], completion_ids[rows, :w]], dim=1),
                 attention_mask=attention_mask[rows, p0 : P + w],

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor, nn
 
-from rlhf.logprobs import position_ids_from_mask
+from rlhf.logprobs import common_left_padding, position_ids_from_mask
 
 
 @dataclass
@@ -227,8 +227,7 @@ def generate_batched(
     parts = []
     for s in range(0, N, per_chunk):
         ids, m = prompt_ids[s : s + per_chunk], prompt_mask[s : s + per_chunk]
-        keep = m.bool().any(0).nonzero()
-        first = int(keep[0]) if len(keep) else 0  # drop columns that are padding for every prompt of the chunk
+        first = common_left_padding(m)  # drop columns that are padding for every prompt of the chunk
         parts.append(generate(model, tokenizer, ids[:, first:], m[:, first:], num_generations, params))
     return concat_rollouts(parts, tokenizer.pad_token_id)
 

@@ -45,6 +45,7 @@ from rlhf.distributed import (
 )
 from rlhf.evaluation import greedy_eval
 from rlhf.kl_control import KLController, RunningMoments
+from rlhf.logprobs import common_left_padding
 from rlhf.losses import (
     aggregate,
     clipped_pg_loss,
@@ -154,8 +155,7 @@ class StepBatch:
     def trimmed(self) -> StepBatch:
         """Drop columns that are padding in every row (a micro-batch is often much shorter than the longest row)."""
         r = self.rollout
-        keep_p = r.prompt_mask.bool().any(0).nonzero()
-        first = int(keep_p[0]) if len(keep_p) else 0
+        first = common_left_padding(r.prompt_mask)
         width = int(r.completion_mask.sum(-1).max().item()) or 1
         sub = Rollout(
             r.prompt_ids[:, first:],

@@ -64,3 +64,11 @@ def test_chunked_peak_memory_is_lower_on_long_vocabulary():
     full_logits = 512 * 32000 * 4
     assert plain >= full_logits  # the plain path keeps [N, V] float32 for backward
     assert chunked < full_logits / 4, (chunked, plain)
+
+
+def test_common_left_padding_counts_columns_padded_in_every_row():
+    from rlhf.logprobs import common_left_padding
+
+    assert common_left_padding(torch.tensor([[0, 0, 1, 1], [0, 1, 1, 1]])) == 1
+    assert common_left_padding(torch.tensor([[1, 1], [0, 1]])) == 0
+    assert common_left_padding(torch.zeros(2, 3)) == 0  # nothing but padding: nothing cut
