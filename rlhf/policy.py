@@ -17,6 +17,10 @@ from torch import Tensor, nn
 from rlhf.logprobs import common_left_padding, position_ids_from_mask, token_logprobs
 from rlhf.value import Critic
 
+# The fixed cost of one more forward call, in padded tokens: what splitting rows into length runs must save to pay.
+# Measured on 2 CPU cores: 32-128 all gave the same step time for 32 completions of <= 64 tokens.
+RUN_OVERHEAD_TOKENS = 64
+
 
 @dataclass
 class PolicyOutput:
@@ -33,7 +37,7 @@ class Policy(nn.Module):
         model: nn.Module,
         value_model: nn.Module | None = None,
         chunk_tokens: int = 1024,
-        bucket_overhead: int = 64,
+        bucket_overhead: int = RUN_OVERHEAD_TOKENS,
     ):
         super().__init__()
         self.model = model
@@ -140,7 +144,7 @@ def shares_prompts(prompt_ids: Tensor, prompt_mask: Tensor, group_size: int, mod
     return bool((ids == ids[:, :1]).all() and (masks == masks[:, :1]).all())
 
 
-def length_buckets(lengths: Tensor, overhead_tokens: int = 64) -> list[Tensor]:
+def length_buckets(lengths: Tensor, overhead_tokens: int = RUN_OVERHEAD_TOKENS) -> list[Tensor]:
     """Row indices in groups of similar length, so each group is padded only to its own longest row.
 
     Rows are sorted by length and cut into runs that minimise the padded work: the sum over runs of rows x longest
@@ -180,7 +184,7 @@ def completion_states(
     completion_mask: Tensor,
     group_size: int,
     share_prompts: bool,
-    bucket_overhead: int = 64,
+    bucket_overhead: int = RUN_OVERHEAD_TOKENS,
 ) -> Tensor:
     """[B, C, H] last hidden states that predict each completion token: state t has seen the prompt and completion
     tokens before t (position P - 1 + t of the concatenated sequence); zeros past each row's completion.

@@ -55,7 +55,7 @@ from rlhf.losses import (
     masked_mean,
 )
 from rlhf.models import count_parameters, load_policy, load_tokenizer, merged_adapter, reference_policy
-from rlhf.policy import Policy
+from rlhf.policy import RUN_OVERHEAD_TOKENS, Policy
 from rlhf.rewards import build_reward_functions, score_rollout
 from rlhf.rollout import Rollout, SamplingParams, generate_batched
 from rlhf.run_utils import StopRequest, command_line, flat_config, lr_lambda, progress_bar, seed_everything
@@ -232,7 +232,7 @@ class Trainer:
         # dataloader; here it steps once per optimizer step.
         # ZeRO-3 gathers each layer's weights in every forward call, as a collective: all ranks must make the same
         # number of calls, so rows are not split into length runs there (the split depends on each rank's lengths)
-        bucket_overhead = -1 if zero_stage(acc) == 3 else 64
+        bucket_overhead = -1 if zero_stage(acc) == 3 else RUN_OVERHEAD_TOKENS
         self.policy, self.optimizer = acc.prepare(
             Policy(model, value_model, bucket_overhead=bucket_overhead), optimizer
         )

@@ -47,11 +47,13 @@ class Critic(nn.Module):
         completion_ids: Tensor,
         completion_mask: Tensor,
         group_size: int = 1,
-        bucket_overhead: int = 64,
+        bucket_overhead: int | None = None,
     ) -> Tensor:  # [B, C] float32, 0 where completion_mask is 0
-        """bucket_overhead: see rlhf.policy.length_buckets (the policy passes its own, -1 under ZeRO-3)."""
-        from rlhf.policy import completion_states, shares_prompts
+        """bucket_overhead: see rlhf.policy.length_buckets (None: its default); the policy passes its own."""
+        from rlhf.policy import RUN_OVERHEAD_TOKENS, completion_states, shares_prompts
 
+        if bucket_overhead is None:
+            bucket_overhead = RUN_OVERHEAD_TOKENS
         decoder = self.trunk.get_base_model()
         share = shares_prompts(prompt_ids, prompt_mask, group_size, decoder)
         h = completion_states(
