@@ -19,16 +19,18 @@ def _logits(hidden: Tensor, weight: Tensor, temperature: float) -> Tensor:
 
 
 class _HeadLogprobs(torch.autograd.Function):
-    """log softmax(h W^T / T)[target] and the entropy (no gradient) of one chunk of tokens."""
+    """log softmax(h W^T / T)[target] and, with_entropy, the entropy (no gradient; else an empty tensor) of one chunk
+    of tokens."""
 
     @staticmethod
-    def forward(ctx, hidden: Tensor, weight: Tensor, targets: Tensor, temperature: float):
+    def forward(ctx, hidden: Tensor, weight: Tensor, targets: Tensor, temperature: float, with_entropy: bool):
         logits = _logits(hidden, weight, temperature)  # [n, V] float32
         peak = logits.amax(-1, keepdim=True)
         e = (logits - peak).exp_()
         z = e.sum(-1)
         lse = peak.squeeze(-1) + z.log()
-        entropy = lse - (e.mul_(logits)).sum(-1) / z  # H = log Z - E_p[logit]
+        # H = log Z - E_p[logit]; scoring passes (reference, pre-update) do not need it
+        entropy = lse - (e.mul_(logits)).sum(-1) / z if with_entropy else lse.new_empty(0)
         logprobs = logits.gather(-1, targets[:, None]).squeeze(-1) - lse
         ctx.save_for_backward(hidden, weight, targets, lse)
         ctx.temperature = temperature
@@ -46,7 +48,7 @@ class _HeadLogprobs(torch.autograd.Function):
             grad.div_(ctx.temperature)
         grad_h = (grad @ weight.float()).to(hidden.dtype) if ctx.needs_input_grad[0] else None
         grad_w = (grad.T @ hidden.float()).to(weight.dtype) if ctx.needs_input_grad[1] else None
-        return grad_h, grad_w, None, None
+        return grad_h, grad_w, None, None, None
 
 
 def token_logprobs(
@@ -66,7 +68,7 @@ def token_logprobs(
     out, ent = [], []
     for start in range(0, hidden.shape[0], chunk_tokens):
         h, t = hidden[start : start + chunk_tokens], targets[start : start + chunk_tokens]
-        lp, e = _HeadLogprobs.apply(h, weight, t, temperature)
+        lp, e = _HeadLogprobs.apply(h, weight, t, temperature, with_entropy)
         out.append(lp)
         ent.append(e)
     empty = hidden.new_zeros(0, dtype=torch.float32)
