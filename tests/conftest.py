@@ -8,12 +8,15 @@ import subprocess
 import sys
 from pathlib import Path
 
+import json
+
 import pytest
 import torch
 
 REPO = Path(__file__).resolve().parents[1]
 DATA = REPO.parent / "shared" / "data"
 
+FIXTURES = REPO / "tests" / "reward_fixtures.py"
 ACCELERATE = shutil.which("accelerate", path=str(Path(sys.executable).parent))
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -92,3 +95,45 @@ def tokenizer(tiny_model_dir):
     from rlhf.models import load_tokenizer
 
     return load_tokenizer(tiny_model_dir)
+
+
+@pytest.fixture
+def gsm8k_file(tmp_path):
+    """Word problems in both hub layouts: GSM8K (question / answer) and MATH (problem / solution)."""
+    rows = [
+        {"question": f"Tom has {i} apples and buys {i + 1} more. How many?", "answer": f"... #### {2 * i + 1}"}
+        for i in range(12)
+    ]
+    path = tmp_path / "gsm8k.jsonl"
+    path.write_text("\n".join(json.dumps(r) for r in rows))
+    math_rows = [{"problem": r["question"], "solution": f"So $\\boxed{{{2 * i + 1}}}$."} for i, r in enumerate(rows)]
+    (tmp_path / "math.jsonl").write_text("\n".join(json.dumps(r) for r in math_rows))
+    return path
+
+
+def tiny_recipe_overrides(recipe: Path, tiny: str, out: Path, gsm8k: Path) -> list[str]:
+    over = [
+        f"model.path={tiny}",
+        f"output_dir={out}",
+        "train.max_steps=2",
+        "train.prompts_per_step=2",
+        "train.micro_batch_size=3",
+        "rollout.num_generations=3",
+        "rollout.max_new_tokens=6",
+        "eval.every=1",
+        "eval.num_samples=3",
+        "eval.max_new_tokens=4",
+        "model.dtype=float32",
+        "logging.report_to=[]",
+        "train.save_every=1",
+        "logging.samples_every=1",
+        "optim.warmup_steps=0",
+        f"rewards=[{{fn: '{FIXTURES}:length_reward'}}]",
+    ]
+    from rlhf.config import load_config
+
+    cfg = load_config(recipe)
+    if cfg.data.path != "arithmetic":
+        local = gsm8k if cfg.data.prompt_column == "question" else gsm8k.with_name("math.jsonl")
+        over += [f"data.path={local}", "eval.every=0"]
+    return over

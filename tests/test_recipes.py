@@ -7,6 +7,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from conftest import tiny_recipe_overrides
 from rlhf.config import load_config
 from rlhf.trainer import GRPOTrainer
 
@@ -30,50 +31,10 @@ REQUIRED = [
 ]
 
 
-@pytest.fixture
-def gsm8k_file(tmp_path):
-    """Word problems in both hub layouts: GSM8K (question / answer) and MATH (problem / solution)."""
-    rows = [
-        {"question": f"Tom has {i} apples and buys {i + 1} more. How many?", "answer": f"... #### {2 * i + 1}"}
-        for i in range(12)
-    ]
-    path = tmp_path / "gsm8k.jsonl"
-    path.write_text("\n".join(json.dumps(r) for r in rows))
-    math_rows = [{"problem": r["question"], "solution": f"So $\\boxed{{{2 * i + 1}}}$."} for i, r in enumerate(rows)]
-    (tmp_path / "math.jsonl").write_text("\n".join(json.dumps(r) for r in math_rows))
-    return path
-
-
-def _tiny_overrides(recipe: Path, tiny: str, out: Path, gsm8k: Path) -> list[str]:
-    over = [
-        f"model.path={tiny}",
-        f"output_dir={out}",
-        "train.max_steps=2",
-        "train.prompts_per_step=2",
-        "train.micro_batch_size=3",
-        "rollout.num_generations=3",
-        "rollout.max_new_tokens=6",
-        "eval.every=1",
-        "eval.num_samples=3",
-        "eval.max_new_tokens=4",
-        "model.dtype=float32",
-        "logging.report_to=[]",
-        "train.save_every=1",
-        "logging.samples_every=1",
-        "optim.warmup_steps=0",
-        f"rewards=[{{fn: '{FIXTURES}:length_reward'}}]",
-    ]
-    cfg = load_config(recipe)
-    if cfg.data.path != "arithmetic":
-        local = gsm8k if cfg.data.prompt_column == "question" else gsm8k.with_name("math.jsonl")
-        over += [f"data.path={local}", "eval.every=0"]
-    return over
-
-
 @pytest.mark.parametrize("recipe", RECIPES, ids=[r.stem for r in RECIPES])
 def test_recipe_runs_two_steps(recipe, tiny_model_dir, tmp_path, gsm8k_file):
     out = tmp_path / "run"
-    cfg = load_config(recipe, _tiny_overrides(recipe, tiny_model_dir, out, gsm8k_file))
+    cfg = load_config(recipe, tiny_recipe_overrides(recipe, tiny_model_dir, out, gsm8k_file))
     trainer = GRPOTrainer(cfg)
     before = {n: p.detach().clone() for n, p in trainer.peft_model.named_parameters()}
     trainer.train()
@@ -103,7 +64,7 @@ def test_all_update_branches(tiny_model_dir, tmp_path, gsm8k_file):
     """KL to the reference, mu = 2 passes over 2 minibatches, gradient accumulation, gradient
     checkpointing, batch-level std, Dr. GRPO aggregation: the run is finite and the adapter moves."""
     recipe = REPO / "recipes" / "grpo_arithmetic_smollm2.yaml"
-    over = _tiny_overrides(recipe, tiny_model_dir, tmp_path / "run", gsm8k_file) + [
+    over = tiny_recipe_overrides(recipe, tiny_model_dir, tmp_path / "run", gsm8k_file) + [
         "algorithm.beta=0.1",
         "algorithm.kl_estimator=k3",
         "algorithm.num_iterations=2",
@@ -133,7 +94,7 @@ def test_all_update_branches(tiny_model_dir, tmp_path, gsm8k_file):
 def test_mask_truncated_leaves_truncated_rows_out_of_the_loss(tiny_model_dir, tmp_path, gsm8k_file):
     # a random tiny model never emits EOS within 6 tokens: every completion is truncated, so nothing may train
     recipe = REPO / "recipes" / "grpo_arithmetic_smollm2.yaml"
-    over = _tiny_overrides(recipe, tiny_model_dir, tmp_path / "run", gsm8k_file) + [
+    over = tiny_recipe_overrides(recipe, tiny_model_dir, tmp_path / "run", gsm8k_file) + [
         "rollout.mask_truncated=true",
         "eval.every=0",
         "train.max_steps=1",
@@ -151,7 +112,7 @@ def test_mask_truncated_leaves_truncated_rows_out_of_the_loss(tiny_model_dir, tm
 @pytest.mark.parametrize("name", ["grpo", "rloo", "reinforce", "reinforce_baseline", "reinforce_pp"])
 def test_every_advantage_estimator_trains(name, tiny_model_dir, tmp_path, gsm8k_file):
     recipe = REPO / "recipes" / "grpo_arithmetic_smollm2.yaml"
-    over = _tiny_overrides(recipe, tiny_model_dir, tmp_path / "run", gsm8k_file) + [
+    over = tiny_recipe_overrides(recipe, tiny_model_dir, tmp_path / "run", gsm8k_file) + [
         f"algorithm.name={name}",
         "algorithm.gamma=0.9",
         "eval.every=0",

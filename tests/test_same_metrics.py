@@ -1,0 +1,128 @@
+"""Behaviour is pinned: seeded 3-step tiny-model runs of every shipped recipe (and of variants that reach the other
+update branches) give the metrics recorded in tests/golden/metrics.json, single-process and once as a two-process
+ZeRO-2 run. A refactor that changes a number fails here. Timings are left out; everything else is compared.
+
+`RLHF_RECORD_GOLDEN=1 pytest tests/test_same_metrics.py` rewrites the file (only do that for an intended change,
+and say which keys moved and why). The numbers depend on the CPU's kernels: on another CPU model or torch version the
+comparison is skipped with the reason, since float summation order differs there."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import platform
+from pathlib import Path
+
+import pytest
+import torch
+
+from conftest import ACCELERATE, launch, tiny_recipe_overrides
+from rlhf.config import load_config
+
+REPO = Path(__file__).resolve().parents[1]
+GOLDEN = REPO / "tests" / "golden" / "metrics.json"
+RECORD = os.environ.get("RLHF_RECORD_GOLDEN") == "1"
+GRPO = REPO / "recipes" / "grpo_arithmetic_smollm2.yaml"
+PPO = REPO / "recipes" / "ppo_arithmetic_smollm2.yaml"
+RECIPES = sorted((REPO / "recipes").glob("*.yaml"))
+BRANCHES = [
+    "algorithm.beta=0.1",
+    "algorithm.kl_estimator=k3",
+    "algorithm.num_iterations=2",
+    "algorithm.num_minibatches=2",
+    "algorithm.std_level=batch",
+    "algorithm.loss_agg=seq-mean-token-sum-norm",
+    "algorithm.clip_high=0.28",
+    "train.micro_batch_size=2",
+    "optim.schedule=cosine",
+    "optim.warmup_steps=1",
+    "rollout.top_k=50",
+    "rollout.top_p=0.9",
+    "rollout.temperature=0.8",
+]
+CASES: dict[str, tuple[Path, list[str]]] = {r.stem: (r, []) for r in RECIPES} | {
+    "grpo_branches": (GRPO, BRANCHES),
+    "grpo_dr_seq_mean": (GRPO, ["algorithm.scale_by_std=false", "algorithm.loss_agg=seq-mean-token-mean"]),
+    "reinforce": (GRPO, ["algorithm.name=reinforce", "algorithm.gamma=0.9"]),
+    "reinforce_baseline": (GRPO, ["algorithm.name=reinforce_baseline", "algorithm.gamma=0.9"]),
+    "ppo_running_norm_warmup": (
+        PPO,
+        [
+            "algorithm.reward_norm=running",
+            "algorithm.missing_eos_penalty=0.5",
+            "algorithm.target_kl=0.05",
+            "value.warmup_steps=1",
+            "algorithm.num_minibatches=2",
+        ],
+    ),
+}
+
+
+def fingerprint() -> str:
+    cpu = platform.processor()
+    try:
+        cpu = next(
+            line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")
+        )
+    except (OSError, StopIteration):
+        pass
+    return f"torch {torch.__version__} | {cpu}"
+
+
+def metric_rows(out: Path) -> list[dict]:
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    return [{k: v for k, v in r.items() if not k.startswith(("time/", "throughput/"))} for r in rows]
+
+
+def compare(case: str, got: list[dict], want: list[dict]) -> None:
+    assert len(got) == len(want), f"{case}: {len(got)} metric rows, recorded {len(want)}"
+    for g, w in zip(got, want):
+        assert sorted(g) == sorted(w), f"{case} step {w.get('step')}: keys {sorted(set(g) ^ set(w))} differ"
+        for k, v in w.items():
+            x = g[k]
+            if isinstance(v, float) and math.isnan(v):
+                assert isinstance(x, float) and math.isnan(x), f"{case} step {w['step']} {k}: {x} != NaN"
+            else:
+                assert x == pytest.approx(v, rel=1e-5, abs=1e-7), f"{case} step {w['step']} {k}: {x} != {v}"
+
+
+@pytest.fixture(scope="module")
+def golden():
+    if RECORD:
+        data = {"fingerprint": fingerprint(), "runs": {}}
+        yield data
+        GOLDEN.parent.mkdir(parents=True, exist_ok=True)
+        GOLDEN.write_text(json.dumps(data, indent=1, sort_keys=True) + "\n")
+        return
+    data = json.loads(GOLDEN.read_text())
+    if data["fingerprint"] != fingerprint():
+        pytest.skip(f"recorded on `{data['fingerprint']}`, this is `{fingerprint()}`: float order differs")
+    yield data
+
+
+def check(golden: dict, case: str, rows: list[dict]) -> None:
+    if RECORD:
+        golden["runs"][case] = rows
+    else:
+        compare(case, rows, golden["runs"][case])
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_seeded_run_gives_recorded_metrics(case, golden, tiny_model_dir, tmp_path, gsm8k_file):
+    from rlhf.trainer import Trainer
+
+    recipe, extra = CASES[case]
+    out = tmp_path / "run"
+    over = tiny_recipe_overrides(recipe, tiny_model_dir, out, gsm8k_file) + ["train.max_steps=3", *extra]
+    Trainer(load_config(recipe, over)).train()
+    check(golden, case, metric_rows(out))
+
+
+@pytest.mark.skipif(ACCELERATE is None, reason="accelerate launcher not installed")
+def test_two_process_zero2_run_gives_recorded_metrics(golden, tiny_model_dir, tmp_path, gsm8k_file):
+    out = tmp_path / "run"
+    over = tiny_recipe_overrides(PPO, tiny_model_dir, out, gsm8k_file) + ["train.max_steps=3", "train.save_every=0"]
+    res = launch("zero2", "-m", "rlhf.train", PPO, *over)
+    assert res.returncode == 0, res.stderr[-3000:]
+    check(golden, "ppo_zero2_two_process", metric_rows(out))
