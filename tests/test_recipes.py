@@ -5,9 +5,9 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import tiny_recipe_overrides
 from safetensors.torch import load_file
 
-from conftest import tiny_recipe_overrides
 from rlhf.config import load_config
 from rlhf.trainer import GRPOTrainer
 

@@ -16,8 +16,8 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from conftest import ACCELERATE, launch, tiny_recipe_overrides
+
 from rlhf.config import load_config
 
 REPO = Path(__file__).resolve().parents[1]
@@ -62,9 +62,7 @@ CASES: dict[str, tuple[Path, list[str]]] = {r.stem: (r, []) for r in RECIPES} | 
 def fingerprint() -> str:
     cpu = platform.processor()
     try:
-        cpu = next(
-            line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")
-        )
+        cpu = next(line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name"))
     except (OSError, StopIteration):
         pass
     return f"torch {torch.__version__} | {cpu}"
