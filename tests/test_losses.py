@@ -99,3 +99,73 @@ def test_lr_schedule_hand_values():
     lin = lr_lambda("linear", warmup=0, total=4)
     assert [lin(0), lin(1), lin(4)] == pytest.approx([1.0, 0.75, 0.0])
     assert lr_lambda("constant", 0, 4)(3) == 1.0
+
+
+def _clipped_pg_reference(lp, old, adv, mask, clip_low, clip_high, agg, num_tokens, max_len, num_seqs):
+    # the clipped surrogate exactly as it was computed before the log-ratio clamp, dual-clip and GSPO knobs existed
+    log_ratio = lp - old
+    ratio = torch.exp(log_ratio)
+    unclipped = ratio * adv
+    clipped = torch.clamp(ratio, 1.0 - clip_low, 1.0 + clip_high) * adv
+    loss = aggregate(-torch.minimum(unclipped, clipped), mask, agg, num_tokens, max_len, num_seqs)
+    m = mask.float()
+    mean = lambda x: (x * m).sum() / m.sum().clamp(min=1.0)
+    metrics = {
+        "clipfrac": mean((clipped < unclipped).float()),
+        "approx_kl": mean(0.5 * log_ratio.square()),
+        "ratio_mean": mean(ratio),
+    }
+    return loss, metrics
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize(
+    "agg, kwargs",
+    [
+        ("token-mean", {}),
+        ("token-mean", {"num_tokens": 50.0}),
+        ("seq-mean-token-mean", {"num_seqs": 7}),
+        ("seq-mean-token-sum-norm", {"max_len": 9}),
+    ],
+)
+def test_default_clipped_pg_loss_is_bit_identical_to_the_unclamped_formula(dtype, agg, kwargs):
+    # |log ratio| < 20: the clamp leaves every value and gradient unchanged, bit for bit
+    g = torch.Generator().manual_seed(0)
+    old = torch.randn(4, 9, generator=g, dtype=dtype) * 2 - 3
+    log_ratio = torch.randn(4, 9, generator=g, dtype=dtype) * 0.3
+    log_ratio[0, :4] = torch.tensor([19.5, -19.5, 12.0, -15.0], dtype=dtype)  # large, still inside the clamp
+    adv = torch.randn(4, 9, generator=g, dtype=dtype)
+    mask = (torch.rand(4, 9, generator=g) > 0.3).to(dtype)
+    mask[0, :4] = 1.0
+    full = dict(num_tokens=None, max_len=None, num_seqs=None) | kwargs
+    lp_new = (old + log_ratio).requires_grad_(True)
+    lp_ref = (old + log_ratio).requires_grad_(True)
+    loss, metrics = clipped_pg_loss(lp_new, old, adv, mask, 0.2, 0.28, agg, **kwargs)
+    ref_loss, ref_metrics = _clipped_pg_reference(lp_ref, old, adv, mask, 0.2, 0.28, agg, **full)
+    loss.backward()
+    ref_loss.backward()
+    assert torch.equal(loss, ref_loss)
+    assert torch.equal(lp_new.grad, lp_ref.grad)
+    assert set(metrics) == set(ref_metrics)
+    for key in ref_metrics:
+        assert torch.equal(metrics[key], ref_metrics[key]), key
+    # the new knobs at their defaults, named, change nothing either
+    explicit, _ = clipped_pg_loss(
+        lp_new, old, adv, mask, 0.2, 0.28, agg, **kwargs, clip_ratio_c=None, importance_sampling_level="token"
+    )
+    assert torch.equal(explicit, ref_loss)
+
+
+def test_log_ratio_clamp_turns_nan_into_zero_for_zero_advantage():
+    # log ratio 100: exp overflows float32 (past ~88.7) -> inf, and inf * 0 = NaN in the unclamped formula
+    lp, old = torch.zeros(1, 2), torch.tensor([[-100.0, 0.0]])
+    adv, mask = torch.tensor([[0.0, 1.0]]), torch.ones(1, 2)
+    ref_loss, _ = _clipped_pg_reference(lp, old, adv, mask, 0.2, 0.2, "token-mean", None, None, None)
+    assert math.isnan(ref_loss.item())
+    lp = lp.requires_grad_(True)
+    loss, m = clipped_pg_loss(lp, old, adv, mask)
+    # token 1: ratio exp(20) * A = 0 contributes 0; token 2: ratio 1, A = 1 -> -1; token-mean over 2 -> -0.5
+    assert loss.item() == -0.5
+    loss.backward()
+    torch.testing.assert_close(lp.grad, torch.tensor([[0.0, -0.5]]))
+    assert math.isfinite(m["ratio_mean"].item())
