@@ -19,3 +19,21 @@ def fails_on_third_call(prompts, completions, **columns):
     if _calls["n"] >= 3:
         raise ConnectionError("scoring service went away")
     return [len(c) / 10.0 for c in completions]
+
+
+def hung_reward(prompts, completions, **columns):
+    # a scorer that never answers (a dead service without a client timeout)
+    import time
+
+    time.sleep(10**6)
+    return [0.0] * len(completions)
+
+
+def reward_len(completions, **kwargs):
+    # TRL's documentation example, as written for GRPOTrainer: keyword call, no prompts parameter
+    return [-abs(20 - len(completion)) for completion in completions]
+
+
+def reward_num_tokens(completion_ids, **kwargs):
+    # TRL style, reading the token ids of each completion
+    return [float(len(ids)) for ids in completion_ids]
