@@ -40,23 +40,31 @@ def batch_std_advantages(
 
 
 def gae(rewards: Tensor, values: Tensor, mask: Tensor, gamma: float, lam: float) -> tuple[Tensor, Tensor]:
-    """Generalised advantage estimation over completion tokens.
+    """Generalised advantage estimation over the tokens the policy acted on.
 
-    rewards, values, mask: [B, T] float; mask is 1 on completion tokens, 0 on padding (padding may only follow the
-    completion). The value after the last valid token is 0 (the episode ends there).
-    delta_t = r_t + gamma * V_{t+1} - V_t;  A_t = delta_t + gamma * lam * A_{t+1};  returns = A + V.
+    rewards, values, mask: [B, T] float; mask is 1 on action tokens, 0 elsewhere. The value after the last action
+    token is 0 (the episode ends there).
+    delta_t = r_t + gamma * V_next(t) - V_t;  A_t = delta_t + gamma * lam * A_next(t);  returns = A + V,
+    where next(t) is the next action token after t.
+
+    Gaps (mask 0 between action tokens: tool output or a user turn inserted into a multi-turn episode) are not time
+    steps: the return and the value pass through them unchanged, so an inserted stretch neither discounts nor
+    earns. Why: the policy made no decision there, and the number of inserted tokens (a tool's output length) is
+    not something the discount should punish. A single-turn completion (mask a prefix) is the ordinary GAE.
     Returns (advantages, returns), both [B, T] float32, 0 where mask is 0.
     """
     mask = mask.float()
     rewards, values = rewards.float() * mask, values.float() * mask
     T = rewards.shape[1]
     adv = torch.zeros_like(rewards)
-    last = torch.zeros_like(rewards[:, 0])
+    last = torch.zeros_like(rewards[:, 0])  # A at the next action token
+    next_value = torch.zeros_like(last)  # V at the next action token (0 past the last one)
     for t in reversed(range(T)):
-        next_value = values[:, t + 1] if t + 1 < T else torch.zeros_like(last)
+        acting = mask[:, t] > 0
         delta = rewards[:, t] + gamma * next_value - values[:, t]
-        last = (delta + gamma * lam * last) * mask[:, t]
-        adv[:, t] = last
+        last = torch.where(acting, delta + gamma * lam * last, last)
+        next_value = torch.where(acting, values[:, t], next_value)
+        adv[:, t] = last * mask[:, t]
     return adv, (adv + values) * mask
 
 
@@ -73,14 +81,14 @@ def rloo_advantages(scores: Tensor, group_size: int) -> Tensor:
 
 
 def discounted_returns(scores: Tensor, mask: Tensor, gamma: float) -> Tensor:
-    """Monte-Carlo return of each token when the only reward is the sequence score on the last token (Williams 1992).
+    """Monte-Carlo return of each action token when the only reward is the sequence score on the last action token
+    (Williams 1992).
 
-    G_t = gamma^(L - 1 - t) * R for t < L (L = the sequence's length), 0 on padding.
-    scores: [B]; mask: [B, T] with the completion as a prefix; returns [B, T] float32."""
+    G_t = gamma^(action tokens after t) * R on action tokens, 0 elsewhere. Gaps in the mask (inserted tokens) are not
+    time steps: the return passes through them undiscounted, as in `gae`.
+    scores: [B]; mask: [B, T]; returns [B, T] float32."""
     mask = mask.float()
-    lengths = mask.sum(-1, keepdim=True)
-    t = torch.arange(mask.shape[1], dtype=torch.float32)[None, :]
-    steps_to_end = (lengths - 1 - t).clamp(min=0)
+    steps_to_end = (mask.flip(-1).cumsum(-1).flip(-1) - 1).clamp(min=0)
     return scores.float()[:, None] * torch.pow(torch.tensor(gamma, dtype=torch.float32), steps_to_end) * mask
 
 
@@ -103,15 +111,21 @@ def whiten(
     return (values - mean) / (std + eps) * mask
 
 
-def token_rewards(scores: Tensor, kl: Tensor, mask: Tensor, kl_coef: float) -> Tensor:
-    """Per-token rewards of RLHF PPO (Ziegler et al. 2019; Ouyang et al. 2022): -kl_coef * KL_t on every completion
-    token, plus the sequence score on its last token.
+def last_action_index(mask: Tensor) -> Tensor:
+    """[B] long: the column of each row's last action token (0 for a row without one). mask: [B, T]."""
+    T = mask.shape[1]
+    return (T - 1 - (mask > 0).flip(-1).float().argmax(-1)).clamp(min=0)
 
-    scores: [B]; kl: [B, T] per-token KL estimate to the reference (zeros for none); mask: [B, T] with the completion
-    as a prefix. Returns [B, T] float32, 0 on padding."""
+
+def token_rewards(scores: Tensor, kl: Tensor, mask: Tensor, kl_coef: float) -> Tensor:
+    """Per-token rewards of RLHF PPO (Ziegler et al. 2019; Ouyang et al. 2022): -kl_coef * KL_t on every action
+    token, plus the sequence score on the last action token.
+
+    scores: [B]; kl: [B, T] per-token KL estimate to the reference (zeros for none); mask: [B, T], 1 on action tokens
+    (gaps allowed). Returns [B, T] float32, 0 off the mask."""
     mask = mask.float()
     rewards = -kl_coef * kl.float() * mask
-    last = (mask.sum(-1).long() - 1).clamp(min=0)
+    last = last_action_index(mask)
     has_tokens = mask.sum(-1) > 0
     rows = torch.arange(len(scores))
     rewards[rows[has_tokens], last[has_tokens]] += scores.float()[has_tokens]

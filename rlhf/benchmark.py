@@ -117,7 +117,7 @@ def benchmark(
 ) -> dict:
     """Run warmup + steps training steps in a temporary directory and summarise the steps after the warm-up."""
     from rlhf.config import load_config
-    from rlhf.trainer import GRPOTrainer
+    from rlhf.trainer import Trainer
 
     with tempfile.TemporaryDirectory(prefix="rlhf-bench-") as tmp:
         forced = [
@@ -129,7 +129,7 @@ def benchmark(
             f"train.max_steps={warmup + steps}",
         ]
         cfg = load_config(recipe, list(overrides or []) + forced)
-        trainer = GRPOTrainer(cfg, recipe)
+        trainer = Trainer(cfg, recipe)
         trainer.train()
         rows = [json.loads(line) for line in (Path(tmp) / "metrics.jsonl").read_text().splitlines()]
     rows = [r for r in rows if "time/step" in r and r["step"] > warmup]

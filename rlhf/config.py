@@ -109,6 +109,12 @@ class RolloutConfig:
         False,
     )
     batch_size: int = doc("Sequences generated at once (memory budget); 0 = all of a step's at once.", 0)
+    engine: str = doc(
+        "Rollout engine: a name in `rlhf.rollout.ENGINES` (`builtin`: cached decoding with the training model) or an "
+        "import path `package.module:Class` implementing `rlhf.rollout.Engine`. Training, evaluation and "
+        "`python -m rlhf.evaluate` all generate through it.",
+        "builtin",
+    )
     merge_adapter: bool = doc(
         "Fold the adapter into the base weights while generating (faster); the base weights are restored "
         "bit-exactly afterwards.",
@@ -155,16 +161,15 @@ class TRPOConfig:
 class AlgorithmConfig:
     """Advantage estimator and policy loss."""
 
-    name: Literal["grpo", "rloo", "reinforce", "reinforce_baseline", "reinforce_pp", "ppo", "actor_critic", "trpo"] = (
-        doc(
-            "Advantage estimator and update. grpo: group-normalised (DeepSeekMath, arXiv:2402.03300); rloo: leave-one-"
-            "out baseline (arXiv:2402.14740); reinforce: Monte-Carlo return, no baseline (Williams 1992); "
-            "reinforce_baseline: minus the batch-mean reward; reinforce_pp: returns whitened over the global batch "
-            "(REINFORCE++, arXiv:2501.03262); ppo: GAE on a learned value with per-token KL in the reward (Schulman "
-            "2017; Ziegler 2019); actor_critic: the same advantages, one on-policy gradient step; trpo: the same "
-            "advantages, a natural-gradient step inside a KL trust region (Schulman 2015).",
-            "grpo",
-        )
+    name: str = doc(
+        "Advantage estimator and update, a row of the algorithm table (`rlhf/algorithms.py`; the table at the end "
+        "of this page). grpo: group-normalised (DeepSeekMath, arXiv:2402.03300); rloo: leave-one-out baseline "
+        "(arXiv:2402.14740); reinforce: Monte-Carlo return, no baseline (Williams 1992); reinforce_baseline: minus "
+        "the batch-mean reward; reinforce_pp: returns whitened over the global batch (REINFORCE++, "
+        "arXiv:2501.03262); ppo: GAE on a learned value with per-token KL in the reward (Schulman 2017; Ziegler "
+        "2019); actor_critic: the same advantages, one on-policy gradient step; trpo: the same advantages, a "
+        "natural-gradient step inside a KL trust region (Schulman 2015).",
+        "grpo",
     )
     gamma: float = doc("Discount of returns (REINFORCE estimators, GAE); 1.0 = undiscounted.", 1.0)
     lam: float = doc(
@@ -425,7 +430,17 @@ def apply_override(tree: dict, assignment: str) -> None:
     parts = path.strip().split(".")
     value = yaml.safe_load(raw) if raw.strip() else ""
     node = tree
-    for i, part in enumerate(parts[:-1]):
+    for i, part in enumerate(parts):
+        if isinstance(node, list) and not part.isdigit():
+            where = ".".join(parts[:i])
+            raise ConfigError(
+                f"override `{path}`: `{where}` is a list; give an item's index (`{where}.0.{'.'.join(parts[i:])}=...`) "
+                f"or the whole list (`{where}=[...]`)"
+            )
+        if not isinstance(node, (dict, list)):
+            raise ConfigError(f"override `{path}`: `{'.'.join(parts[:i])}` is a value, not a section of keys")
+        if i == len(parts) - 1:
+            break
         if part.isdigit() and isinstance(node, list):
             idx = int(part)
             if idx >= len(node):
@@ -476,11 +491,21 @@ def validate(cfg: Config) -> None:
         if not cond:
             raise ConfigError(msg)
 
+    from rlhf.algorithms import ALGORITHMS
+
     r, t, a, o = cfg.rollout, cfg.train, cfg.algorithm, cfg.optim
+    if a.name not in ALGORITHMS:
+        close = difflib.get_close_matches(a.name, list(ALGORITHMS), n=1)
+        hint = f"did you mean `{close[0]}`? " if close else ""
+        raise ConfigError(f"algorithm.name={a.name!r} is not an algorithm: {hint}choose one of {', '.join(ALGORITHMS)}")
+    spec = ALGORITHMS[a.name]
+    need(r.num_generations >= 1, f"rollout.num_generations must be >= 1, got {r.num_generations}")
     need(
-        r.num_generations >= 2 or a.name not in ("grpo", "rloo"),
-        f"rollout.num_generations must be >= 2 for {a.name} (a group of one has no baseline)",
+        r.num_generations >= spec.min_group,
+        f"rollout.num_generations must be >= {spec.min_group} for {a.name} (a group of one has no baseline)",
     )
+    unread = unread_knobs(cfg)
+    need(not unread, "; ".join(unread))
     need(0 < a.gamma <= 1, "algorithm.gamma must be in (0, 1]")
     need(0 <= a.lam <= 1, "algorithm.lam must be in [0, 1]")
     need(a.kl_target is None or a.kl_target > 0, "algorithm.kl_target must be > 0 (or none for a fixed beta)")
@@ -495,13 +520,9 @@ def validate(cfg: Config) -> None:
         "value.init_from needs value.model: separate (a reward model's trunk cannot be the policy's)",
     )
     need(
-        a.name != "actor_critic" or (a.num_iterations == 1 and a.num_minibatches == 1),
-        "actor_critic is one on-policy step per rollout: set algorithm.num_iterations and num_minibatches to 1 "
+        not spec.one_step or (a.num_iterations == 1 and a.num_minibatches == 1),
+        f"{a.name} takes one on-policy step per rollout: set algorithm.num_iterations and num_minibatches to 1 "
         "(or use algorithm.name: ppo for several clipped passes)",
-    )
-    need(
-        a.name != "trpo" or (a.num_iterations == 1 and a.num_minibatches == 1),
-        "trpo takes one trust-region step per rollout: set algorithm.num_iterations and num_minibatches to 1",
     )
     need(
         tr.max_kl > 0 and tr.cg_iters >= 1 and tr.damping >= 0,
@@ -532,6 +553,11 @@ def validate(cfg: Config) -> None:
     need(o.warmup_steps >= 0, "optim.warmup_steps must be >= 0")
     need(cfg.model.lora.r >= 1, "model.lora.r must be >= 1 (LoRA is how this trainer updates the model)")
     need(cfg.eval.every >= 0, "eval.every must be >= 0 (0 = off)")
+    need(cfg.eval.num_samples >= 0, "eval.num_samples must be >= 0 (0 = all of the split)")
+    need(cfg.logging.every >= 1, "logging.every must be >= 1 (a console line every N steps)")
+    need(cfg.logging.samples_every >= 0, "logging.samples_every must be >= 0 (0 = off)")
+    need(0 <= cfg.model.lora.dropout < 1, f"model.lora.dropout must be in [0, 1), got {cfg.model.lora.dropout}")
+    need(cfg.model.lora.alpha > 0, "model.lora.alpha must be > 0")
     need(cfg.eval.batch_size >= 1, "eval.batch_size must be >= 1")
     need(len(cfg.rewards) >= 1, "rewards: give at least one reward function")
     for i, spec in enumerate(cfg.rewards):
@@ -550,6 +576,25 @@ def validate(cfg: Config) -> None:
         f"data.arithmetic: {ar.num_train} train + {ar.num_eval} eval problems exceed the {space} distinct ones; "
         "widen the operand range or ask for fewer",
     )
+
+
+def flat_items(tree: Any, prefix: str = "") -> dict[str, Any]:
+    """A nested dict as {dotted.key: value} (lists are values)."""
+    if not isinstance(tree, dict):
+        return {prefix: tree}
+    out: dict[str, Any] = {}
+    for k, v in tree.items():
+        out.update(flat_items(v, f"{prefix}.{k}" if prefix else str(k)))
+    return out
+
+
+def unread_knobs(cfg: Config) -> list[str]:
+    """Knobs set away from their defaults that the chosen algorithm does not read (`rlhf.algorithms`)."""
+    from rlhf.algorithms import unread_knobs as unread
+
+    now, default = flat_items(to_dict(cfg)), flat_items(_defaults_tree())
+    changed = {k for k, v in now.items() if k in default and v != default[k]}
+    return unread(cfg.algorithm.name, changed)
 
 
 def check_world(cfg: Config, world_size: int) -> None:

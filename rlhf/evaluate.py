@@ -1,7 +1,9 @@
-"""Evaluate a base model or a trained adapter: `python -m rlhf.evaluate --model M [--adapter DIR] --dataset D`.
+"""The evaluation command: `python -m rlhf.evaluate --model M [--adapter DIR] --dataset D` (the library side is
+`rlhf.accuracy`).
 
-Greedy accuracy (--n 1) goes through `rlhf.evaluation.greedy_eval`, the function the trainer calls during training, so
-a run's `eval/accuracy` and this command agree on the same prompts. With --n > 1 it samples n completions per prompt
+Greedy accuracy (--n 1) goes through `rlhf.accuracy.greedy_eval`, the function the trainer calls during training, and
+the same rollout engine (`--engine`), so a run's `eval/accuracy` and this command agree on the same prompts.
+With --n > 1 it samples n completions per prompt
 and reports pass@k (the unbiased estimator of Chen et al. 2021, arXiv:2107.03374) and maj@k (majority vote over the
 final answers, "self-consistency", Wang et al. 2022, arXiv:2203.11171). Under `accelerate launch` each process takes
 its own shard of the prompts and the counts are summed, as in training.
@@ -12,12 +14,11 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import json
-import math
+import os
 import platform
 import random
 import sys
 import time
-from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -26,16 +27,17 @@ from pathlib import Path
 import torch
 
 from rlhf import __version__
+from rlhf.accuracy import greedy_eval, k_values, maj_at_k, pass_at_k, sampled_eval
 from rlhf.config import ArithmeticConfig, RewardSpec
-from rlhf.data import LOCAL_FORMATS, DataError, PromptSet, arithmetic_problems, build_prompt_set, left_pad, load_rows
-from rlhf.distributed import all_sum, make_accelerator
-from rlhf.evaluation import greedy_eval
-from rlhf.models import DTYPES, load_policy, load_tokenizer, merged_adapter, resolve_model_path
-from rlhf.rewards import RewardError, RewardFunction, build_reward_functions, score_rollout
-from rlhf.rollout import SamplingParams, generate_batched
+from rlhf.data import LOCAL_FORMATS, DataError, arithmetic_problems, build_prompt_set, load_rows
+from rlhf.distributed import make_accelerator
+from rlhf.models import DTYPES, load_policy, load_tokenizer, resolve_model_path
+from rlhf.rewards import RewardError, build_reward_functions, check_reward_signatures
+from rlhf.rollout import SamplingParams, build_engine
 
-REPO = Path(__file__).resolve().parents[1]
-SHARED_DATA = REPO.parent / "shared" / "data"
+__all__ = ["k_values", "maj_at_k", "pass_at_k", "sampled_eval", "main", "run"]
+
+DATA_DIR_ENV = "RLHF_DATA_DIR"  # a folder holding gsm8k/ and math500/ (<split>.jsonl each), read before the hub
 NUMERIC_REWARD = "reward_models.numeric:numeric_answer_reward"
 MATH_REWARD = "reward_models.math:math_correctness"
 
@@ -48,7 +50,7 @@ class EvalError(ValueError):
 class Preset:
     """Defaults for a named dataset: where it lives (a local copy first, else the hub) and how to prompt it."""
 
-    local_dir: Path | None
+    local_dir: str | None  # the preset's folder under the data directory (--data-dir or $RLHF_DATA_DIR)
     hub: str | None
     hub_config: str | None
     prompt_column: str
@@ -61,37 +63,10 @@ GSM8K_TEMPLATE = "{prompt}\nThink step by step, then give the final answer after
 MATH_TEMPLATE = "{prompt}\nThink step by step, then put the final answer in \\boxed{{}}."
 PRESETS = {
     "arithmetic": Preset(None, None, None, "prompt", "answer", None, 16),  # 16 tokens as in the arithmetic recipe
-    "gsm8k": Preset(SHARED_DATA / "gsm8k", "openai/gsm8k", "main", "question", "answer", GSM8K_TEMPLATE, 256),
-    "math500": Preset(SHARED_DATA / "math500", "HuggingFaceH4/MATH-500", None, "problem", "answer", MATH_TEMPLATE, 512),
+    "gsm8k": Preset("gsm8k", "openai/gsm8k", "main", "question", "answer", GSM8K_TEMPLATE, 256),
+    "math500": Preset("math500", "HuggingFaceH4/MATH-500", None, "problem", "answer", MATH_TEMPLATE, 512),
 }
 GENERIC = Preset(None, None, None, "prompt", "answer", None, 256)
-
-
-# ------------------------------------------------------------------------------------------------ metrics (pure math)
-def pass_at_k(n: int, c: int, k: int) -> float:
-    """P(at least one of k samples drawn without replacement from n, c of them correct, is correct).
-
-    1 - C(n-c, k) / C(n, k), written as a product so large n never overflows (Chen et al. 2021, Codex paper)."""
-    if not 0 <= c <= n or not 1 <= k <= n:
-        raise ValueError(f"pass_at_k needs 0 <= c <= n and 1 <= k <= n, got n={n}, c={c}, k={k}")
-    if n - c < k:
-        return 1.0
-    return 1.0 - math.prod(1.0 - k / i for i in range(n - c + 1, n + 1))
-
-
-def maj_at_k(answers: list[str | None], correct: list[bool], k: int) -> bool:
-    """Is the most common final answer among the first k samples correct? Samples with no answer do not vote; ties
-    go to the answer seen first; the verdict is the reward's on the first sample giving the majority answer."""
-    counts = Counter(a for a in answers[:k] if a is not None)
-    if not counts:
-        return False
-    best = max(counts, key=lambda a: (counts[a], -answers.index(a)))  # index(): the first occurrence
-    return bool(correct[answers.index(best)])
-
-
-def k_values(n: int) -> list[int]:
-    """1, the powers of two below n, and n: the k of pass@k and maj@k."""
-    return sorted({1, n} | {2**i for i in range(1, n.bit_length()) if 2**i < n})
 
 
 def answer_extractor(dataset: str, reward: str) -> tuple[str, Callable[[str], str | None]]:
@@ -132,8 +107,8 @@ def load_eval_rows(args: argparse.Namespace) -> tuple[list[dict], str]:
         if args.split not in ("test", "train"):
             raise EvalError(f"--split {args.split!r}: the arithmetic task has `test` (held out) and `train`")
         rows, desc = (held_out if args.split == "test" else train), f"arithmetic:{args.split} (seed {args.seed})"
-    elif preset.local_dir is not None and (preset.local_dir / f"{args.split}.jsonl").is_file():
-        path = preset.local_dir / f"{args.split}.jsonl"
+    elif local_preset_file(preset, args) is not None:
+        path = local_preset_file(preset, args)
         rows, desc = load_rows(str(path)), str(path)
     elif preset.hub is not None:
         rows, desc = load_rows(preset.hub, preset.hub_config, args.split), f"{preset.hub}:{args.split}"
@@ -159,6 +134,15 @@ def load_eval_rows(args: argparse.Namespace) -> tuple[list[dict], str]:
     return rows, desc
 
 
+def local_preset_file(preset: Preset, args: argparse.Namespace) -> Path | None:
+    """<data dir>/<preset folder>/<split>.jsonl when a data directory is given and holds it, else None (the hub)."""
+    data_dir = args.data_dir or os.environ.get(DATA_DIR_ENV)
+    if preset.local_dir is None or not data_dir:
+        return None
+    path = Path(data_dir) / preset.local_dir / f"{args.split}.jsonl"
+    return path if path.is_file() else None
+
+
 def load_model(path: str, adapter: str | None, dtype: str) -> tuple[torch.nn.Module, torch.nn.Module | None]:
     """(the transformers model to generate with, the PEFT model or None). An adapter is held as the trainer holds it
     (float32 LoRA on a `dtype` base, folded in by `merged_adapter` while generating), so evaluating a run's final
@@ -174,58 +158,6 @@ def load_model(path: str, adapter: str | None, dtype: str) -> tuple[torch.nn.Mod
         return AutoModelForCausalLM.from_pretrained(resolve_model_path(path), dtype=DTYPES[dtype]).eval(), None
     except OSError as e:
         raise FileNotFoundError(f"could not load model {path!r}: {str(e).splitlines()[0]}") from e
-
-
-# ------------------------------------------------------------------------------------------------ the sampled path
-@torch.no_grad()
-def sampled_eval(
-    model: torch.nn.Module,
-    tokenizer,
-    prompts: PromptSet,
-    reward_fns: list[RewardFunction],
-    n: int,
-    params: SamplingParams,
-    extract: Callable[[str], str | None],
-    batch_size: int = 64,
-    success_threshold: float = 1.0,
-    accelerator=None,
-) -> tuple[dict[str, float], list[dict]]:
-    """n samples per prompt -> pass@k and maj@k averaged over prompts. Each rank scores prompts rank, rank + world, ...
-    and the sums are reduced over ranks. Returns (metrics, per-prompt rows of this rank)."""
-    start = time.perf_counter()
-    rank, world = (accelerator.process_index, accelerator.num_processes) if accelerator else (0, 1)
-    idx = list(range(rank, len(prompts), world))
-    shard = prompts.select(idx)
-    ks = k_values(n)
-    sums = torch.zeros(2 * len(ks) + 2, dtype=torch.float64)  # pass@k..., maj@k..., reward sum, correct samples
-    rows: list[dict] = []
-    per_chunk = max(1, batch_size // n)
-    for s in range(0, len(shard), per_chunk):
-        part = shard.select(list(range(s, min(s + per_chunk, len(shard)))))
-        ids, mask = left_pad(part.prompt_ids, tokenizer.pad_token_id)
-        out = generate_batched(model, tokenizer, ids, mask, n, params, batch_size)
-        total, _, _ = score_rollout(reward_fns, part.texts, part.columns, out, n)
-        ok = (total >= success_threshold - 1e-6).tolist()
-        for j in range(len(part)):
-            texts, correct = out.texts[j * n : (j + 1) * n], ok[j * n : (j + 1) * n]
-            answers = [extract(t) for t in texts]
-            c = sum(correct)
-            for i, k in enumerate(ks):
-                sums[i] += pass_at_k(n, c, k)
-                sums[len(ks) + i] += float(maj_at_k(answers, correct, k))
-            gold, rewards = part.columns.get("answer", [None] * len(part))[j], total[j * n : (j + 1) * n].tolist()
-            rows.append(dict(index=idx[s + j], prompt=part.texts[j], answer=gold, completions=texts, extracted=answers))
-            rows[-1].update(rewards=rewards, correct=correct, num_correct=c)
-        sums[-2] += total.double().sum()
-        sums[-1] += sum(ok)
-    if accelerator is not None:
-        sums = all_sum(accelerator, sums)
-    N = max(len(prompts), 1)
-    metrics: dict[str, float] = {f"pass@{k}": sums[i].item() / N for i, k in enumerate(ks)}
-    metrics.update({f"maj@{k}": sums[len(ks) + i].item() / N for i, k in enumerate(ks)})
-    metrics.update({"reward_mean": sums[-2].item() / (N * n), "sample_accuracy": sums[-1].item() / (N * n)})
-    metrics.update({"num_prompts": len(prompts), "samples_per_prompt": n, "time/eval": time.perf_counter() - start})
-    return metrics, rows
 
 
 def gather_rows(accelerator, rows: list[dict]) -> list[dict]:
@@ -247,6 +179,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--adapter", help="PEFT adapter directory (e.g. runs/NAME/adapter); folded into the model")
     p.add_argument("--dataset", default="arithmetic", help="arithmetic | gsm8k | math500 | a file | a hub id")
     p.add_argument("--dataset-config", help="hub dataset configuration name")
+    p.add_argument(
+        "--data-dir",
+        help=f"folder with local copies of the named datasets (gsm8k/, math500/: <split>.jsonl each), read before "
+        f"the hub; default ${DATA_DIR_ENV}",
+    )
+    p.add_argument(
+        "--engine", default="builtin", help="rollout engine: a name in rlhf.rollout.ENGINES or an import path"
+    )
     p.add_argument("--split", default="test", help="split (arithmetic: test = the held-out problems)")
     p.add_argument("--prompt-column", help="column with the prompt (default: the dataset's, else `prompt`)")
     p.add_argument("--answer-column", help="column with the gold answer ('' = none needed)")
@@ -302,25 +242,35 @@ def run(args: argparse.Namespace) -> dict:
         rows, tokenizer, args.prompt_column, args.system_prompt, args.prompt_template, args.max_prompt_tokens
     )
     reward_fns = build_reward_functions([RewardSpec(fn=args.reward)])
+    check_reward_signatures(reward_fns, list(prompts.columns))
     extractor_name, extract = answer_extractor(args.dataset, args.reward)
     model, peft_model = load_model(args.model, args.adapter, args.dtype)
     load_s = time.perf_counter() - start
-    common, threshold = (model.to(accelerator.device), tokenizer, prompts, reward_fns), args.success_threshold
-    with merged_adapter(peft_model, enabled=peft_model is not None):  # as the trainer generates
-        if args.greedy:
-            m, rows_out = greedy_eval(*common, args.max_new_tokens, args.batch_size, threshold, accelerator)
-            metrics = {"pass@1": m["eval/accuracy"], "reward_mean": m["eval/reward_mean"]}
-            metrics.update({"num_prompts": m["eval/num_samples"], "time/eval": m["time/eval"]})
-            mine = range(rank, len(prompts), accelerator.num_processes)
-            answers = prompts.columns.get("answer") or [None] * len(prompts)
-            rows_out = [
-                {"index": i, "prompt": r["prompt"], "answer": answers[i], "completion": r["completion"]}
-                | {"extracted": extract(r["completion"]), "reward": r["reward"], "correct": r["correct"]}
-                for i, r in zip(mine, rows_out)
-            ]
-        else:
-            params = SamplingParams(args.max_new_tokens, args.temperature, args.top_p, args.top_k, greedy=False)
-            metrics, rows_out = sampled_eval(*common, args.n, params, extract, args.batch_size, threshold, accelerator)
+    model = model.to(accelerator.device)
+    engine = build_engine(
+        args.engine,
+        model=peft_model if peft_model is not None else model,
+        tokenizer=tokenizer,
+        accelerator=accelerator,
+        merge_adapter=True,  # as the trainer generates
+        batch_size=args.batch_size,
+    )
+    common, threshold = (engine, prompts, reward_fns), args.success_threshold
+    if args.greedy:
+        m, rows_out = greedy_eval(*common, args.max_new_tokens, args.batch_size, threshold, accelerator)
+        metrics = {"pass@1": m["eval/accuracy"], "reward_mean": m["eval/reward_mean"]}
+        metrics.update({"num_prompts": m["eval/num_samples"], "time/eval": m["time/eval"]})
+        mine = range(rank, len(prompts), accelerator.num_processes)
+        answers = prompts.columns.get("answer") or [None] * len(prompts)
+        rows_out = [
+            {"index": i, "prompt": r["prompt"], "answer": answers[i], "completion": r["completion"]}
+            | {"extracted": extract(r["completion"]), "reward": r["reward"], "correct": r["correct"]}
+            for i, r in zip(mine, rows_out)
+        ]
+    else:
+        params = SamplingParams(args.max_new_tokens, args.temperature, args.top_p, args.top_k, greedy=False)
+        metrics, rows_out = sampled_eval(*common, args.n, params, extract, args.batch_size, threshold, accelerator)
+    engine.close()
     samples = gather_rows(accelerator, rows_out)
     results = {
         "metrics": metrics,

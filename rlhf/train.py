@@ -55,9 +55,9 @@ def main(argv: list[str] | None = None) -> int:
 
     def train() -> None:
         cfg = load_config(recipe, overrides)  # every recipe error surfaces here, before any model loads
-        from rlhf.trainer import GRPOTrainer
+        from rlhf.trainer import Trainer
 
-        GRPOTrainer(cfg, recipe=recipe).train()
+        Trainer(cfg, recipe=recipe).train()
 
     return run_cli(train)
 

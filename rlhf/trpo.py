@@ -98,45 +98,53 @@ def trpo_step(
     return TRPOResult(False, 0.0, kl, 0.0, expected, residual)
 
 
-def trpo_update(trainer, batch, warmup: bool) -> dict[str, float]:
-    """One TRPO step of a trainer's policy on a StepBatch (old log-probs, advantages set): the value model first,
-    by the optimizer on the value loss alone (the trainer's own update in its value-only mode), then the policy's
-    natural-gradient step. Gradients and Fisher-vector products are summed over ranks by hand (the step happens
-    outside DDP's hooks); every rank takes the same step, so the adapters stay identical."""
+def trpo_update(
+    policy,
+    batch,
+    total: Callable[[Tensor | float], Tensor],
+    max_kl: float,
+    cg_iters: int = 10,
+    damping: float = 0.1,
+    fisher_fraction: float = 0.25,
+    backtrack_steps: int = 10,
+    backtrack_ratio: float = 0.5,
+    micro_batch_size: int = 32,
+) -> dict[str, float]:
+    """TRPO's natural-gradient step of `policy` (the unwrapped `rlhf.policy.Policy`) on a StepBatch whose old
+    log-probs and advantages are set; the value model is fitted before this by the optimizer. `total(x)` sums a
+    tensor or scalar over ranks: gradients and Fisher-vector products are summed by hand (the step happens outside
+    DDP's hooks) and every rank takes the same step, so the adapters stay identical. Returns the trpo/* metrics."""
     from torch.nn.attention import SDPBackend, sdpa_kernel
 
-    from rlhf.distributed import all_sum
-
-    cfg, acc = trainer.cfg, trainer.accelerator
-    tr = cfg.algorithm.trpo
-    metrics = trainer.update(batch, warmup=True)
-    metrics["value/warmup"] = float(warmup)
-    if warmup:
-        return metrics
-    policy = acc.unwrap_model(trainer.policy)
     params = policy.policy_parameters()
-    temperature = cfg.rollout.temperature
-    n_tokens = max(all_sum(acc, batch.loss_mask.sum()).item(), 1.0)
-    G, mb, B = cfg.rollout.num_generations, cfg.train.micro_batch_size, len(batch.advantages)
+    n_tokens = max(total(batch.loss_mask.sum()).item(), 1.0)
+    G, mb, B = batch.rollout.group_size, micro_batch_size, len(batch.advantages)
     # the Fisher comes from the first whole groups (rows are in random prompt order); the gradient from all rows
-    n_fisher = min(B, max(G, round(tr.fisher_fraction * B / G) * G))
+    n_fisher = min(B, max(G, round(fisher_fraction * B / G) * G))
     spans = [(s, min(s + mb, n_fisher)) for s in range(0, n_fisher, mb)] + [
         (s, min(s + mb, B)) for s in range(n_fisher, B, mb)
     ]
     parts = [batch.rows(slice(a, b)).trimmed() for a, b in spans]
     is_fisher = [a < n_fisher for a, _ in spans]
-    fisher_tokens = max(all_sum(acc, batch.loss_mask[:n_fisher].sum()).item(), 1.0)
-    reduce = lambda x: all_sum(acc, x).float()
+    fisher_tokens = max(total(batch.loss_mask[:n_fisher].sum()).item(), 1.0)
+    reduce = lambda x: total(x).float()
 
     def full_logprobs(part) -> Tensor:
         r = part.rollout
         return policy.full_logprobs(
-            r.prompt_ids, r.prompt_mask, r.completion_ids, r.completion_mask, temperature, group_size=G
+            r.prompt_ids,
+            r.prompt_mask,
+            r.completion_ids,
+            r.completion_mask,
+            r.temperature,
+            group_size=G,
+            action_mask=r.action_mask,
         )
 
     def surrogate_and_kl(part, logp: Tensor, logp_old: Tensor) -> tuple[Tensor, Tensor]:
-        """Sums over the part's tokens: (ratio * A, KL(pi_old || pi)), each divided by the whole batch's count."""
-        m = part.rollout.completion_mask.bool()
+        """Sums over the part's action tokens: (ratio * A, KL(pi_old || pi)), each divided by the whole batch's
+        count."""
+        m = part.rollout.action_mask.bool()
         w = part.loss_mask[m].float()
         lp = logp.gather(-1, part.rollout.completion_ids[m][:, None]).squeeze(-1)
         ratio = torch.exp(lp - part.old_logprobs[m])
@@ -165,7 +173,7 @@ def trpo_update(trainer, batch, warmup: bool) -> dict[str, float]:
             out = torch.zeros_like(vec)
             for g in kl_grads:
                 out += flatten(torch.autograd.grad(flatten(g).dot(vec), params, retain_graph=True))
-            return reduce(out) + tr.damping * vec
+            return reduce(out) + damping * vec
 
         @torch.no_grad()
         def evaluate() -> tuple[float, float]:
@@ -179,26 +187,15 @@ def trpo_update(trainer, batch, warmup: bool) -> dict[str, float]:
             result = TRPOResult(False, 0.0, 0.0, 0.0, 0.0, 0.0)
         else:
             result = trpo_step(
-                params,
-                grad,
-                fisher_vp,
-                evaluate,
-                surrogate_old,
-                tr.max_kl,
-                tr.cg_iters,
-                tr.backtrack_steps,
-                tr.backtrack_ratio,
+                params, grad, fisher_vp, evaluate, surrogate_old, max_kl, cg_iters, backtrack_steps, backtrack_ratio
             )
     kl_grads.clear()  # frees the retained double-backward graphs
-    metrics.update(
-        {
-            "trpo/accepted": float(result.accepted),
-            "trpo/step_frac": result.step_frac,
-            "trpo/kl": result.kl,
-            "trpo/surrogate_gain": result.surrogate_gain,
-            "trpo/expected_gain": result.expected_gain,
-            "trpo/cg_residual": result.cg_residual,
-            "policy/approx_kl": result.kl,
-        }
-    )
-    return metrics
+    return {
+        "trpo/accepted": float(result.accepted),
+        "trpo/step_frac": result.step_frac,
+        "trpo/kl": result.kl,
+        "trpo/surrogate_gain": result.surrogate_gain,
+        "trpo/expected_gain": result.expected_gain,
+        "trpo/cg_residual": result.cg_residual,
+        "policy/approx_kl": result.kl,
+    }

@@ -15,6 +15,8 @@ import logging
 import torch
 from torch import Tensor, nn
 
+from rlhf.states import RUN_OVERHEAD_TOKENS, completion_states, shares_prompts
+
 log = logging.getLogger("rlhf")
 
 
@@ -50,8 +52,6 @@ class Critic(nn.Module):
         bucket_overhead: int | None = None,
     ) -> Tensor:  # [B, C] float32, 0 where completion_mask is 0
         """bucket_overhead: see rlhf.policy.length_buckets (None: its default); the policy passes its own."""
-        from rlhf.policy import RUN_OVERHEAD_TOKENS, completion_states, shares_prompts
-
         if bucket_overhead is None:
             bucket_overhead = RUN_OVERHEAD_TOKENS
         decoder = self.trunk.get_base_model()

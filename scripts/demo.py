@@ -25,15 +25,16 @@ def main(overrides: list[str]) -> int:
     sys.path.insert(0, str(REPO))
     from rlhf.config import load_config
     from rlhf.data import arithmetic_problems, build_prompt_set
-    from rlhf.evaluation import greedy_eval
-    from rlhf.models import merged_adapter, reference_policy
+    from rlhf.accuracy import greedy_eval
+    from rlhf.models import reference_policy
+    from rlhf.rollout import BuiltinEngine
     from rlhf.train import setup_logging
-    from rlhf.trainer import GRPOTrainer
+    from rlhf.trainer import Trainer
 
     setup_logging()
     start = time.perf_counter()
     cfg = load_config(RECIPE, [f"output_dir={REPO / 'runs' / 'demo'}", *overrides])
-    trainer = GRPOTrainer(cfg)
+    trainer = Trainer(cfg)
     trainer.train()
     train_time = time.perf_counter() - start
 
@@ -46,16 +47,15 @@ def main(overrides: list[str]) -> int:
         a.min_operand, a.max_operand, a.operators, a.num_train, a.num_eval, template, seed=cfg.seed
     )
     reworded = build_prompt_set(reworded_rows, trainer.tokenizer)
-    model = trainer.generation_model
+    trained = BuiltinEngine(trainer.peft_model, trainer.tokenizer)  # the adapter folded in while generating
 
-    def accuracy() -> float:
-        metrics, _ = greedy_eval(model, trainer.tokenizer, reworded, trainer.reward_fns, cfg.rollout.max_new_tokens)
+    def accuracy(engine) -> float:
+        metrics, _ = greedy_eval(engine, reworded, trainer.reward_fns, cfg.rollout.max_new_tokens)
         return metrics["eval/accuracy"]
 
-    with reference_policy(trainer.peft_model):
-        reworded_before = accuracy()
-    with merged_adapter(trainer.peft_model):
-        reworded_after = accuracy()
+    with reference_policy(trainer.peft_model):  # the base model, as before training
+        reworded_before = accuracy(BuiltinEngine(trainer.peft_model, trainer.tokenizer, merge_adapter=False))
+    reworded_after = accuracy(trained)
 
     total = time.perf_counter() - start
     print()

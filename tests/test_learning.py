@@ -5,7 +5,7 @@ import json
 import pytest
 
 from rlhf.config import load_config
-from rlhf.trainer import GRPOTrainer
+from rlhf.trainer import Trainer
 
 
 def _train_25_steps(recipe: str, out) -> tuple[dict[int, float], list[dict]]:
@@ -22,7 +22,7 @@ def _train_25_steps(recipe: str, out) -> tuple[dict[int, float], list[dict]]:
             "logging.samples_every=0",
         ],
     )
-    GRPOTrainer(cfg).train()
+    Trainer(cfg).train()
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     return {r["step"]: r["eval/accuracy"] for r in rows if "eval/accuracy" in r}, rows
 

@@ -87,7 +87,7 @@ def test_cli_errors(tmp_path, capsys):
 
 def test_plots_from_a_real_training_run(tiny_model_dir, tmp_path, capsys):
     from rlhf.config import load_config
-    from rlhf.trainer import GRPOTrainer
+    from rlhf.trainer import Trainer
 
     out = tmp_path / "run"
     overrides = [
@@ -107,7 +107,7 @@ def test_plots_from_a_real_training_run(tiny_model_dir, tmp_path, capsys):
         "optim.warmup_steps=0",
         f"rewards=[{{fn: '{REPO / 'tests' / 'reward_fixtures.py'}:length_reward'}}]",
     ]
-    GRPOTrainer(load_config(REPO / "recipes" / "grpo_arithmetic_smollm2.yaml", overrides)).train()
+    Trainer(load_config(REPO / "recipes" / "grpo_arithmetic_smollm2.yaml", overrides)).train()
     assert main([str(out)]) == 0
     printed = capsys.readouterr().out.split()
     assert printed == [str(out / "plots" / f"{name}.png") for name in ALL_CHARTS]

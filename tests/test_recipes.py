@@ -9,7 +9,7 @@ from conftest import tiny_recipe_overrides
 from safetensors.torch import load_file
 
 from rlhf.config import load_config
-from rlhf.trainer import GRPOTrainer
+from rlhf.trainer import Trainer
 
 REPO = Path(__file__).resolve().parents[1]
 RECIPES = sorted((REPO / "recipes").glob("*.yaml"))
@@ -35,7 +35,7 @@ REQUIRED = [
 def test_recipe_runs_two_steps(recipe, tiny_model_dir, tmp_path, gsm8k_file):
     out = tmp_path / "run"
     cfg = load_config(recipe, tiny_recipe_overrides(recipe, tiny_model_dir, out, gsm8k_file))
-    trainer = GRPOTrainer(cfg)
+    trainer = Trainer(cfg)
     before = {n: p.detach().clone() for n, p in trainer.peft_model.named_parameters()}
     trainer.train()
     after = dict(trainer.peft_model.named_parameters())
@@ -81,7 +81,7 @@ def test_all_update_branches(tiny_model_dir, tmp_path, gsm8k_file):
         "rollout.top_p=0.9",
     ]
     cfg = load_config(recipe, over)
-    trainer = GRPOTrainer(cfg)
+    trainer = Trainer(cfg)
     trainer.train()
     rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     for r in rows:
@@ -99,7 +99,7 @@ def test_mask_truncated_leaves_truncated_rows_out_of_the_loss(tiny_model_dir, tm
         "eval.every=0",
         "train.max_steps=1",
     ]
-    trainer = GRPOTrainer(load_config(recipe, over))
+    trainer = Trainer(load_config(recipe, over))
     before = {n: p.detach().clone() for n, p in trainer.peft_model.named_parameters() if "lora_" in n}
     trainer.train()
     row = json.loads((tmp_path / "run" / "metrics.jsonl").read_text().splitlines()[-1])
@@ -118,7 +118,7 @@ def test_every_advantage_estimator_trains(name, tiny_model_dir, tmp_path, gsm8k_
         "eval.every=0",
         "train.max_steps=1",
     ]
-    trainer = GRPOTrainer(load_config(recipe, over))
+    trainer = Trainer(load_config(recipe, over))
     before = {n: p.detach().clone() for n, p in trainer.peft_model.named_parameters() if "lora_B" in n}
     trainer.train()
     row = json.loads((tmp_path / "run" / "metrics.jsonl").read_text().splitlines()[-1])

@@ -13,7 +13,7 @@ import torch
 
 from rlhf.checkpoint import CheckpointError, list_checkpoints, resolve_resume
 from rlhf.config import load_config
-from rlhf.trainer import GRPOTrainer
+from rlhf.trainer import Trainer
 from tests.conftest import launch
 
 REPO = Path(__file__).resolve().parents[1]
@@ -59,9 +59,9 @@ def _assert_same_rows(full: Path, part: Path) -> None:
 
 def test_resumed_run_equals_uninterrupted_run(tiny_model_dir, tmp_path):
     full, part = tmp_path / "full", tmp_path / "part"
-    GRPOTrainer(load_config(RECIPE, _over(tiny_model_dir, full, "train.max_steps=4"))).train()
-    GRPOTrainer(load_config(RECIPE, _over(tiny_model_dir, part, "train.max_steps=2"))).train()
-    GRPOTrainer(
+    Trainer(load_config(RECIPE, _over(tiny_model_dir, full, "train.max_steps=4"))).train()
+    Trainer(load_config(RECIPE, _over(tiny_model_dir, part, "train.max_steps=2"))).train()
+    Trainer(
         load_config(RECIPE, _over(tiny_model_dir, part, "train.max_steps=4", "train.resume_from=latest"))
     ).train()
     _assert_same_rows(full, part)
@@ -79,9 +79,9 @@ PPO_STATE = (
 
 def test_ppo_resumed_run_equals_uninterrupted_run(tiny_model_dir, tmp_path):
     full, part = tmp_path / "full", tmp_path / "part"
-    GRPOTrainer(load_config(PPO, _over(tiny_model_dir, full, "train.max_steps=4", *PPO_STATE))).train()
-    GRPOTrainer(load_config(PPO, _over(tiny_model_dir, part, "train.max_steps=2", *PPO_STATE))).train()
-    resumed = GRPOTrainer(
+    Trainer(load_config(PPO, _over(tiny_model_dir, full, "train.max_steps=4", *PPO_STATE))).train()
+    Trainer(load_config(PPO, _over(tiny_model_dir, part, "train.max_steps=2", *PPO_STATE))).train()
+    resumed = Trainer(
         load_config(PPO, _over(tiny_model_dir, part, "train.max_steps=4", "train.resume_from=latest", *PPO_STATE))
     )
     assert resumed.kl_ctl.value != 0.05 and resumed.reward_stats.count == 12  # restored, not fresh
@@ -135,12 +135,12 @@ def test_zero2_two_process_resume_equals_uninterrupted_run_and_falls_back(tiny_m
     with pytest.raises(
         CheckpointError, match=r"step-000002 was written by a DeepSpeed ZeRO-2 run and this is a single"
     ):
-        GRPOTrainer(cfg)
+        Trainer(cfg)
 
 
 def test_corrupt_checkpoint_is_named_and_latest_falls_back(tiny_model_dir, tmp_path):
     out = tmp_path / "run"
-    GRPOTrainer(
+    Trainer(
         load_config(RECIPE, _over(tiny_model_dir, out, "train.max_steps=2", "train.save_every=1", "eval.every=0"))
     ).train()
     ckpts = list_checkpoints(out / "checkpoints")
@@ -157,7 +157,7 @@ def test_corrupt_checkpoint_is_named_and_latest_falls_back(tiny_model_dir, tmp_p
     optimizer_file.write_bytes(b"x" * optimizer_file.stat().st_size)
     cfg = load_config(RECIPE, _over(tiny_model_dir, out, "train.max_steps=3", f"train.resume_from={ckpts[0]}"))
     with pytest.raises(CheckpointError, match="step-000001 could not be loaded"):
-        GRPOTrainer(cfg)
+        Trainer(cfg)
     # an overwritten file of another size is caught before loading: nothing usable is left
     optimizer_file.write_bytes(b"not a checkpoint")
     with pytest.raises(CheckpointError, match="step-000001 could not be loaded: optimizer.pt has 16 bytes"):
@@ -179,7 +179,7 @@ def test_non_finite_loss_is_skipped_then_stops(tiny_model_dir, tmp_path, monkeyp
 
     monkeypatch.setattr(trainer_mod, "clipped_pg_loss", flaky)
     out = tmp_path / "run"
-    trainer = GRPOTrainer(
+    trainer = Trainer(
         load_config(
             RECIPE,
             _over(

@@ -17,7 +17,7 @@ from reward_models.reward_model import RewardModelScorer, build_messages, encode
 from reward_models.train_rm import build_model, load_pairs, synthetic_pairs, train
 from reward_models.train_rm import load_config as load_rm_config
 from rlhf.config import ConfigError, load_config
-from rlhf.trainer import GRPOTrainer
+from rlhf.trainer import Trainer
 
 REPO = Path(__file__).resolve().parents[1]
 RM_RECIPE = REPO / "recipes" / "reward_model" / "rm_arithmetic_smollm2.yaml"
@@ -219,7 +219,7 @@ def test_grpo_with_the_reward_model_runs_two_steps(trained_rm, tiny_model_dir, t
         "optim.warmup_steps=0",
         f"rewards=[{{fn: 'reward_models.reward_model:RewardModelScorer', kwargs: {{path: '{model_dir}'}}}}]",
     ]
-    trainer = GRPOTrainer(load_config(REPO / "recipes" / "grpo_arithmetic_smollm2.yaml", over))
+    trainer = Trainer(load_config(REPO / "recipes" / "grpo_arithmetic_smollm2.yaml", over))
     trainer.train()
     rows = [json.loads(line) for line in (tmp_path / "grpo" / "metrics.jsonl").read_text().splitlines()]
     steps = [r for r in rows if "loss/policy" in r]

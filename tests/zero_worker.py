@@ -1,4 +1,4 @@
-"""A GRPO run through `GRPOTrainer` as a library, for tests/test_distributed.py to launch under
+"""A GRPO run through `Trainer` as a library, for tests/test_distributed.py to launch under
 `accelerate launch --num_processes 2` (and to run in-process as the one-process reference).
 
 The rollout is replaced by a fixed one built from the prompt indices alone, so every set-up (any number of
@@ -27,7 +27,7 @@ RECIPE = Path(os.environ.get("ZERO_WORKER_RECIPE", REPO / "recipes" / "grpo_arit
 
 
 def fixed_rollout(self, prompt_idx: list[int]):
-    """Stands in for GRPOTrainer.rollout: G completions per prompt drawn from a generator seeded by the prompt's index,
+    """Stands in for Trainer.rollout: G completions per prompt drawn from a generator seeded by the prompt's index,
     with lengths 1..max_new_tokens, so the sequences depend on nothing but the prompt."""
     from rlhf.data import left_pad
     from rlhf.rollout import Rollout
@@ -52,6 +52,8 @@ def fixed_rollout(self, prompt_idx: list[int]):
         torch.zeros(completion.shape),
         cmask.sum(-1) == C,
         texts,
+        group_size=G,
+        temperature=self.cfg.rollout.temperature,
     )
     return roll, ps
 
@@ -69,12 +71,12 @@ def run(out: Path, overrides: list[str], round_trip: bool = True) -> dict:
     import rlhf.trainer as trainer_mod
     from rlhf.config import load_config
 
-    real_rollout = trainer_mod.GRPOTrainer.rollout
-    trainer_mod.GRPOTrainer.rollout = fixed_rollout
+    real_rollout = trainer_mod.Trainer.rollout
+    trainer_mod.Trainer.rollout = fixed_rollout
     try:
-        return _run(trainer_mod.GRPOTrainer(load_config(RECIPE, [f"output_dir={out}", *overrides])), out, round_trip)
+        return _run(trainer_mod.Trainer(load_config(RECIPE, [f"output_dir={out}", *overrides])), out, round_trip)
     finally:
-        trainer_mod.GRPOTrainer.rollout = real_rollout  # run in-process by a test: leave the class as it was
+        trainer_mod.Trainer.rollout = real_rollout  # run in-process by a test: leave the class as it was
 
 
 def _run(trainer, out: Path, round_trip: bool) -> dict:

@@ -1,127 +1,71 @@
-"""The rollout engine: G completions per prompt by batched, cached decoding.
+"""The built-in rollout engine: G completions per prompt by batched, cached decoding over a transformers model.
 
 One prefill per distinct prompt (its KV cache is then repeated G times), then one decode step per new token for all
 running sequences at once: finished sequences leave the batch and the cache as decoding goes on, and decoding stops
-when every sequence has ended. Written against the plain transformers forward so
-another backend (vLLM, SGLang) can replace `generate` behind the same `Rollout` result.
+when every sequence has ended. The engine reads the live weights, so it has nothing to do when they change; under
+ZeRO-3 it gathers the sharded weights once per `generate` call, and it folds a LoRA adapter into the base weights for
+the call (restored bit-exactly afterwards).
 """
 
 from __future__ import annotations
-
-import math
-from dataclasses import dataclass, field
 
 import torch
 from torch import Tensor, nn
 
 from rlhf.logprobs import common_left_padding, position_ids_from_mask
+from rlhf.rollout.sampling import StopChecker, sample_next
+from rlhf.rollout.types import Rollout, SamplingParams, concat_rollouts
 
 
-@dataclass
-class SamplingParams:
-    max_new_tokens: int = 64
-    temperature: float = 1.0  # ignored when greedy
-    top_p: float = 1.0
-    top_k: int = 0
-    greedy: bool = False
-    stop: list[str] = field(default_factory=list)
+class BuiltinEngine:
+    """The rollout engine that decodes with the training model itself (`rollout.engine: builtin`).
 
+    model: the PEFT model being trained (or a plain transformers causal LM); accelerator: the run's (for the ZeRO-3
+    gather), or None; merge_adapter: fold the adapter into the base weights while generating; batch_size: sequences
+    decoded at once (0 = all of a call's)."""
 
-@dataclass
-class Rollout:
-    """Completions for B = prompts x G sequences (rows of one prompt are consecutive)."""
-
-    prompt_ids: Tensor  # [B, P] long, left-padded
-    prompt_mask: Tensor  # [B, P] long
-    completion_ids: Tensor  # [B, C] long, pad after the end
-    completion_mask: Tensor  # [B, C] long, 1 on generated tokens including the final EOS / stop
-    logprobs: Tensor  # [B, C] float32 behaviour log-probabilities at the sampling temperature, 0 where masked
-    truncated: Tensor  # [B] bool: hit max_new_tokens without EOS or stop
-    texts: list[str]  # decoded completions, special tokens removed
+    def __init__(self, model: nn.Module, tokenizer, accelerator=None, merge_adapter: bool = True, batch_size: int = 0):
+        self.model = model
+        self.tokenizer = tokenizer
+        self.accelerator = accelerator
+        self.merge_adapter = merge_adapter
+        self.batch_size = batch_size
 
     @property
-    def lengths(self) -> Tensor:
-        return self.completion_mask.sum(-1)
+    def generation_model(self) -> nn.Module:
+        get_base = getattr(self.model, "get_base_model", None)
+        return get_base() if get_base is not None else self.model
 
+    def generate(
+        self, prompts: list[list[int]], group_size: int, sampling: SamplingParams, batch_size: int | None = None
+    ) -> Rollout:
+        """N prompts (token ids) -> N * group_size episodes, a prompt's consecutive. batch_size overrides the engine's
+        for this call (evaluation decodes more rows at once than training)."""
+        from rlhf.data import left_pad
+        from rlhf.distributed import gathered_parameters
+        from rlhf.models import merged_adapter
 
-def _pad_right(t: Tensor, width: int, value: float) -> Tensor:
-    return torch.nn.functional.pad(t, (0, width - t.shape[1]), value=value) if t.shape[1] < width else t
+        ids, mask = left_pad(prompts, self.tokenizer.pad_token_id)
+        peft = hasattr(self.model, "get_base_model")
+        with (
+            gathered_parameters(self.accelerator, self.model),
+            merged_adapter(self.model, self.merge_adapter and peft),
+        ):
+            return generate_batched(
+                self.generation_model,
+                self.tokenizer,
+                ids,
+                mask,
+                group_size,
+                sampling,
+                self.batch_size if batch_size is None else batch_size,
+            )
 
+    def weights_updated(self) -> None:
+        """Nothing to do: every call decodes with the live weights."""
 
-def concat_rollouts(parts: list[Rollout], pad_id: int) -> Rollout:
-    """Join rollouts generated in chunks: prompts are re-left-padded, completions re-right-padded."""
-    if len(parts) == 1:
-        return parts[0]
-    P = max(r.prompt_ids.shape[1] for r in parts)
-    C = max(r.completion_ids.shape[1] for r in parts)
-
-    def left(t: Tensor, value: int) -> Tensor:
-        return torch.nn.functional.pad(t, (P - t.shape[1], 0), value=value)
-
-    return Rollout(
-        prompt_ids=torch.cat([left(r.prompt_ids, pad_id) for r in parts]),
-        prompt_mask=torch.cat([left(r.prompt_mask, 0) for r in parts]),
-        completion_ids=torch.cat([_pad_right(r.completion_ids, C, pad_id) for r in parts]),
-        completion_mask=torch.cat([_pad_right(r.completion_mask, C, 0) for r in parts]),
-        logprobs=torch.cat([_pad_right(r.logprobs, C, 0.0) for r in parts]),
-        truncated=torch.cat([r.truncated for r in parts]),
-        texts=[t for r in parts for t in r.texts],
-    )
-
-
-def sample_next(logits: Tensor, params: SamplingParams) -> tuple[Tensor, Tensor]:
-    """Pick the next token from [B, V] logits; return (tokens [B], log-probability under softmax(logits / T)).
-
-    The log-probability is that of the temperature-scaled distribution before top-k / top-p truncation, the same
-    quantity the trainer recomputes, so behaviour and training log-probs agree (as in vLLM's and TRL's logprobs)."""
-    logits = logits.float()
-    if params.greedy:
-        tokens = logits.argmax(-1)
-        return tokens, logits.log_softmax(-1).gather(-1, tokens[:, None]).squeeze(-1)
-    scaled = logits if params.temperature == 1.0 else logits / params.temperature
-    logp = scaled.log_softmax(-1)
-    filtered = scaled
-    if params.top_k > 0 and params.top_k < filtered.shape[-1]:
-        kth = torch.topk(filtered, params.top_k, dim=-1).values[:, -1:]
-        filtered = filtered.masked_fill(filtered < kth, -math.inf)
-    if params.top_p < 1.0:
-        sorted_logits, order = filtered.sort(-1, descending=True)
-        probs = sorted_logits.softmax(-1)
-        # drop a token when the mass before it already reaches top_p (the most likely token always stays)
-        drop_sorted = probs.cumsum(-1) - probs >= params.top_p
-        drop = torch.zeros_like(drop_sorted).scatter(-1, order, drop_sorted)
-        filtered = filtered.masked_fill(drop, -math.inf)
-    # untruncated: the probabilities are exp(logp), no second softmax over the vocabulary
-    probs = logp.exp() if filtered is scaled else filtered.softmax(-1)
-    tokens = _sample_categorical(probs)
-    return tokens, logp.gather(-1, tokens[:, None]).squeeze(-1)
-
-
-def _sample_categorical(probs: Tensor) -> Tensor:
-    """One draw per row by inverting the CDF: B uniform numbers instead of `multinomial`'s B x V exponential draws,
-    which took a quarter of each decoding step over a 49k vocabulary on CPU. Zero-probability tokens are never picked:
-    the CDF does not rise at them and the search takes the first index where it exceeds u."""
-    cdf = probs.cumsum(-1)
-    u = torch.rand(probs.shape[0], 1, dtype=cdf.dtype, device=cdf.device) * cdf[:, -1:]
-    return torch.searchsorted(cdf, u, right=True).squeeze(-1).clamp(max=probs.shape[-1] - 1)
-
-
-class StopChecker:
-    """Finds sequences whose text now contains a stop string, decoding only each sequence's last few tokens."""
-
-    def __init__(self, tokenizer, stop: list[str]):
-        self.tokenizer = tokenizer
-        self.stop = [s for s in stop if s]
-        self.window = max((len(s) for s in self.stop), default=0) + 2
-
-    def __call__(self, generated: list[list[int]], active: Tensor) -> Tensor:
-        hit = torch.zeros_like(active)
-        if not self.stop:
-            return hit
-        for i in torch.nonzero(active).flatten().tolist():
-            tail = self.tokenizer.decode(generated[i][-self.window :], skip_special_tokens=True)
-            hit[i] = any(s in tail for s in self.stop)
-        return hit
+    def close(self) -> None:
+        """Nothing held beyond the model, which belongs to the trainer."""
 
 
 @torch.no_grad()  # not inference_mode: the rollout's tensors are inputs of the training graph afterwards
@@ -209,6 +153,8 @@ def generate(
         logprobs=torch.stack(logps_out, dim=1),
         truncated=~stopped,
         texts=texts,
+        group_size=G,
+        temperature=1.0 if params.greedy else params.temperature,
     )
 
 

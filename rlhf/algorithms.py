@@ -1,0 +1,153 @@
+"""The algorithm table: one row per `algorithm.name`, and nothing else decides what an algorithm does.
+
+A row says which advantage estimator it uses (`rlhf.estimators`, with the `algorithm.*` knobs passed to it), which
+policy loss (`rlhf.losses`; every policy loss has the signature `loss(logprobs, old_logprobs, advantages, mask, *,
+agg, num_tokens, max_len, num_seqs, **knobs) -> (loss, metrics)` and its metrics hold at least `clipfrac` and
+`approx_kl`), whether a value model exists, where beta * KL(pi || pi_ref) goes (a loss term or a per-token reward
+penalty), how the update is taken (mu passes of clipped minibatch steps, or TRPO's natural step with the value model
+fitted by the optimizer), and every config key it reads. A knob that the chosen algorithm does not read is a config
+error naming the algorithms that do (`unread_knobs`).
+
+Adding an algorithm: write its estimator or loss (a new file, or a function beside its kin) and add one row here.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from rlhf import estimators
+from rlhf.losses import clipped_pg_loss
+
+# config keys shared by families of rows
+CLIPPED_MINIBATCH = ("algorithm.clip_low", "algorithm.clip_high", "algorithm.loss_agg", "algorithm.target_kl")
+VALUE_MODEL = ("value.model", "value.init_from", "value.lr", "value.coef", "value.warmup_steps")
+KL_IN_REWARD = (
+    "algorithm.gamma",
+    "algorithm.lam",
+    "algorithm.kl_target",
+    "algorithm.kl_horizon",
+    "algorithm.missing_eos_penalty",
+    "algorithm.reward_norm",
+    "algorithm.whiten_advantages",
+)
+KL_IN_LOSS = ("algorithm.kl_estimator",)  # the value family reads it through its estimator
+TRPO_STEP = tuple(
+    f"algorithm.trpo.{k}"
+    for k in ("max_kl", "cg_iters", "damping", "fisher_fraction", "backtrack_steps", "backtrack_ratio")
+)
+
+
+@dataclass(frozen=True)
+class Algorithm:
+    """One row of the table."""
+
+    estimator: Callable[..., estimators.Advantages]  # (AdvantageInputs, BatchStats, **estimator_knobs)
+    estimator_knobs: tuple[str, ...] = ()  # names in `algorithm.*` passed to the estimator as keywords
+    policy_loss: Callable = clipped_pg_loss
+    loss_knobs: tuple[str, ...] = ("clip_low", "clip_high")  # names in `algorithm.*` passed to the policy loss
+    value_model: bool = False  # learns V(s_t): a head on the policy's trunk or a separate critic (`value.model`)
+    kl: str = "loss"  # "loss": + beta * KL term in the loss (k3 by default); "reward": -beta * KL_t per token (k1)
+    update: str = "minibatch"  # "minibatch": mu passes x minibatch optimizer steps; "trpo": natural-gradient step
+    one_step: bool = False  # exactly one on-policy step per rollout (num_iterations = num_minibatches = 1)
+    min_group: int = 1  # smallest rollout.num_generations that gives the estimator a baseline
+    other_knobs: tuple[str, ...] = ()  # further config keys it reads (dotted paths)
+    summary: str = ""
+
+    @property
+    def knobs(self) -> tuple[str, ...]:
+        """Every algorithm-specific config key this row reads, as dotted paths."""
+        own = [f"algorithm.{k}" for k in (*self.estimator_knobs, *self.loss_knobs)]
+        return tuple(dict.fromkeys([*own, *self.other_knobs]))
+
+    @property
+    def default_kl_estimator(self) -> str:
+        return "k3" if self.kl == "loss" else "k1"
+
+
+_VALUE_FAMILY = dict(
+    estimator=estimators.gae_with_kl_reward,
+    estimator_knobs=("gamma", "lam", "kl_estimator", "missing_eos_penalty", "reward_norm", "whiten_advantages"),
+    value_model=True,
+    kl="reward",
+)
+
+ALGORITHMS: dict[str, Algorithm] = {
+    "grpo": Algorithm(
+        estimators.grpo,
+        ("scale_by_std", "std_level"),
+        other_knobs=(*CLIPPED_MINIBATCH, *KL_IN_LOSS),
+        min_group=2,
+        summary="group-normalised advantages (DeepSeekMath, arXiv:2402.03300); Dr. GRPO without the std",
+    ),
+    "rloo": Algorithm(
+        estimators.rloo,
+        other_knobs=(*CLIPPED_MINIBATCH, *KL_IN_LOSS),
+        min_group=2,
+        summary="leave-one-out baseline (arXiv:2402.14740)",
+    ),
+    "reinforce": Algorithm(
+        estimators.reinforce,
+        ("gamma",),
+        other_knobs=(*CLIPPED_MINIBATCH, *KL_IN_LOSS),
+        summary="Monte-Carlo return, no baseline (Williams 1992)",
+    ),
+    "reinforce_baseline": Algorithm(
+        estimators.reinforce_baseline,
+        ("gamma",),
+        other_knobs=(*CLIPPED_MINIBATCH, *KL_IN_LOSS),
+        summary="Monte-Carlo return minus the batch-mean reward",
+    ),
+    "reinforce_pp": Algorithm(
+        estimators.reinforce_pp,
+        ("gamma",),
+        other_knobs=(*CLIPPED_MINIBATCH, *KL_IN_LOSS),
+        summary="returns whitened over the global batch (REINFORCE++, arXiv:2501.03262)",
+    ),
+    "ppo": Algorithm(
+        **_VALUE_FAMILY,
+        other_knobs=(*CLIPPED_MINIBATCH, *KL_IN_REWARD, *VALUE_MODEL, "value.clip"),
+        summary="GAE on a learned value, per-token KL in the reward, clipped value loss (Schulman 2017; Ziegler 2019)",
+    ),
+    "actor_critic": Algorithm(
+        **_VALUE_FAMILY,
+        loss_knobs=(),
+        other_knobs=("algorithm.loss_agg", *KL_IN_REWARD, *VALUE_MODEL),
+        one_step=True,
+        summary="the PPO advantages, one on-policy gradient step per rollout",
+    ),
+    "trpo": Algorithm(
+        **_VALUE_FAMILY,
+        loss_knobs=(),
+        update="trpo",
+        one_step=True,
+        other_knobs=(*KL_IN_REWARD, *VALUE_MODEL, *TRPO_STEP),
+        summary="the PPO advantages, a natural-gradient step inside a KL trust region (Schulman 2015)",
+    ),
+}
+
+
+def get_algorithm(name: str) -> Algorithm:
+    try:
+        return ALGORITHMS[name]
+    except KeyError:
+        raise ValueError(f"algorithm.name={name!r} is not one of {', '.join(ALGORITHMS)}") from None
+
+
+def all_knobs() -> set[str]:
+    """Every config key some row claims: keys outside this set are read by every algorithm."""
+    return {k for row in ALGORITHMS.values() for k in row.knobs}
+
+
+def unread_knobs(name: str, changed: set[str]) -> list[str]:
+    """Messages for the keys in `changed` (dotted paths set away from their defaults) that algorithm `name` does
+    not read but another row does."""
+    row = ALGORITHMS[name]
+    out = []
+    for key in sorted(changed & all_knobs() - set(row.knobs)):
+        users = [n for n, r in ALGORITHMS.items() if key in r.knobs]
+        out.append(
+            f"{key} is not read by algorithm.name={name}; it is used by {', '.join(users)}. Remove it from the "
+            "recipe, or pick one of those algorithms"
+        )
+    return out

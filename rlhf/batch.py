@@ -1,0 +1,36 @@
+"""A step's rollout with everything the update needs, sliced by rows (minibatches, micro-batches)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields, replace
+
+from torch import Tensor
+
+from rlhf.logprobs import common_left_padding
+from rlhf.rollout import Rollout
+
+
+@dataclass
+class StepBatch:
+    """B episodes; per-token tensors are [B, C] over the episode columns."""
+
+    rollout: Rollout
+    advantages: Tensor  # [B, C] float32 per-token advantages
+    loss_mask: Tensor  # [B, C] action tokens that train: the action mask, minus truncated rows when masked
+    old_logprobs: Tensor | None = None  # [B, C] or None when the update is exactly on-policy
+    ref_logprobs: Tensor | None = None  # [B, C] or None when beta == 0
+    old_values: Tensor | None = None  # [B, C] V(s_t) at rollout time (value-model algorithms)
+    returns: Tensor | None = None  # [B, C] value targets (GAE advantages + old values)
+
+    def _map(self, rollout: Rollout, fn) -> StepBatch:
+        tensors = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "rollout"}
+        return replace(self, rollout=rollout, **{k: None if t is None else fn(t) for k, t in tensors.items()})
+
+    def rows(self, idx: slice) -> StepBatch:
+        return self._map(self.rollout.rows(idx), lambda t: t[idx])
+
+    def trimmed(self) -> StepBatch:
+        """Drop columns that are padding in every row (a micro-batch is often much shorter than the longest row)."""
+        r = self.rollout
+        width = int(r.completion_mask.sum(-1).max().item()) or 1
+        return self._map(r.columns(common_left_padding(r.prompt_mask), width), lambda t: t[:, :width])

@@ -1,0 +1,67 @@
+"""Builders the trainer calls once: the prompt sets, the value model, the optimizer and its schedule.
+
+The recipe stops here: each builder reads the config and hands plain arguments to the library."""
+
+from __future__ import annotations
+
+import torch
+
+from rlhf.config import Config
+from rlhf.data import arithmetic_problems, build_prompt_set, load_rows, rename_columns
+from rlhf.run_utils import lr_lambda
+
+
+def build_datasets(cfg: Config, tokenizer):
+    """(train PromptSet, eval PromptSet or None)."""
+    d = cfg.data
+    if d.path == "arithmetic":
+        a = d.arithmetic
+        train_rows, eval_rows = arithmetic_problems(
+            a.min_operand, a.max_operand, a.operators, a.num_train, a.num_eval, a.template, seed=cfg.seed
+        )
+    else:
+        train_rows = load_rows(d.path, d.name, d.split)
+        eval_rows = load_rows(d.path, d.name, cfg.eval.split) if cfg.eval.every else []
+    fmt = dict(
+        prompt_column=d.prompt_column,
+        system_prompt=d.system_prompt,
+        prompt_template=d.prompt_template,
+        max_prompt_tokens=d.max_prompt_tokens,
+    )
+    train_rows, eval_rows = rename_columns(train_rows, d.rename_columns), rename_columns(eval_rows, d.rename_columns)
+    train = build_prompt_set(train_rows, tokenizer, **fmt)
+    evals = None
+    if cfg.eval.every and eval_rows:
+        if cfg.eval.num_samples:
+            eval_rows = eval_rows[: cfg.eval.num_samples]
+        evals = build_prompt_set(eval_rows, tokenizer, **fmt)
+    return train, evals
+
+
+def build_value_model(cfg: Config, model) -> torch.nn.Module:
+    """value.model = head: a zero-initialised head on the policy's trunk; separate: a critic with its own LoRA."""
+    from rlhf.value import ValueHead, load_critic
+
+    m, v = cfg.model, cfg.value
+    if v.model == "head":
+        return ValueHead(model.get_base_model().config.hidden_size)
+    lora = m.lora
+    return load_critic(
+        m.path, m.dtype, lora.r, lora.alpha, lora.dropout, lora.target_modules, v.init_from,
+        m.gradient_checkpointing, m.trust_remote_code,
+    )  # fmt: skip
+
+
+def build_optimizer(cfg: Config, policy_params: list, value_params: list | None):
+    """AdamW over the policy's adapter (empty when the algorithm steps the policy itself, as TRPO does) and the value
+    parameters (their own learning rate when value.lr is set); the LR schedule counts optimizer steps."""
+    o, t, a = cfg.optim, cfg.train, cfg.algorithm
+    groups = [{"params": policy_params}] if policy_params else []
+    if value_params is not None:
+        groups.append({"params": value_params, "lr": cfg.value.lr or o.lr})
+    optimizer = torch.optim.AdamW(groups, lr=o.lr, betas=tuple(o.betas), eps=o.eps, weight_decay=o.weight_decay)
+    total_updates = t.max_steps * a.num_iterations * a.num_minibatches
+    # The scheduler stays unprepared: accelerate's wrapper steps it once per process, which assumes a sharded
+    # dataloader; here it steps once per optimizer step.
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(o.schedule, o.warmup_steps, total_updates))
+    return optimizer, scheduler

@@ -1,0 +1,130 @@
+"""Step 7 of the loop, what a run leaves behind: the console line and samples, checkpoints, and at the end the adapter
+in PEFT format with a model card and plots."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from pathlib import Path
+
+from torch import Tensor
+
+from rlhf import __version__
+from rlhf.checkpoint import save_adapter, save_checkpoint
+from rlhf.run_utils import command_line
+from rlhf.tracking import MetricsWriter, console_line, format_samples
+
+log = logging.getLogger("rlhf")
+
+
+class RunOutputs:
+    """Writes under `cfg.output_dir`. state() returns the trainer's resumable state beyond the weights (sampler
+    position, KL controller, reward statistics); trainable_module is the module whose non-adapter trainable weights
+    (value head, critic) travel with the checkpoint, or None."""
+
+    def __init__(
+        self,
+        cfg,
+        recipe: str,
+        accelerator,
+        peft_model,
+        optimizer,
+        scheduler,
+        tokenizer,
+        writer: MetricsWriter,
+        state: Callable[[], dict],
+        reward_names: list[str],
+        trainable_module=None,
+    ):
+        self.cfg, self.recipe, self.acc = cfg, recipe, accelerator
+        self.peft_model, self.optimizer, self.scheduler = peft_model, optimizer, scheduler
+        self.tokenizer, self.writer, self.state = tokenizer, writer, state
+        self.reward_names, self.trainable_module = reward_names, trainable_module
+        self.out = Path(cfg.output_dir)
+        self.is_main = accelerator.is_main_process
+
+    def step_done(self, step: int, metrics: dict, prompts: list[str], roll, rewards: Tensor, bar) -> None:
+        """The console line, the progress bar and (every logging.samples_every steps) a few samples."""
+        lg, max_steps = self.cfg.logging, self.cfg.train.max_steps
+        if self.is_main and lg.samples_every and step % lg.samples_every == 0:
+            self.log_samples(prompts, roll, rewards, step)
+        if self.is_main and step % lg.every == 0:
+            (bar.write if bar else log.info)(console_line(step, max_steps, metrics))
+        if bar:
+            bar.update(1)
+            bar.set_postfix(reward=f"{metrics['reward/mean']:.3f}", kl=f"{metrics['policy/approx_kl']:.1e}")
+
+    def log_samples(self, prompts: list[str], roll, rewards: Tensor, step: int, n: int = 4) -> None:
+        G = roll.group_size
+        picks = [i * G for i in range(min(n, len(prompts) // G))]
+        rows = [{"prompt": prompts[i], "completion": roll.texts[i], "reward": rewards[i].item()} for i in picks]
+        self.writer.samples(rows, step)
+        log.info("samples at step %d:\n%s", step, format_samples(rows))
+
+    def save(self, step: int) -> None:
+        path = save_checkpoint(
+            self.out / "checkpoints",
+            step,
+            self.acc,
+            self.peft_model,
+            self.optimizer,
+            self.scheduler,
+            {**self.state(), "version": __version__},
+            keep_last=self.cfg.train.keep_last,
+            trainable_module=self.trainable_module,
+        )
+        if self.is_main:
+            log.info("checkpoint saved to %s", path)
+
+    def finish(self, step: int, final_metrics: dict) -> None:
+        """The last checkpoint, the adapter with its card, and the plots."""
+        self.save(step)
+        self.save_adapter(final_metrics, step)
+        if self.is_main:
+            self.write_plots()
+
+    def save_adapter(self, final_metrics: dict, steps: int) -> None:
+        """The adapter in PEFT format, the tokenizer, and a model card (after peft's own placeholder README)."""
+        adapter = self.out / "adapter"
+        save_adapter(self.acc, self.peft_model, adapter)  # gathered under ZeRO-3
+        if self.is_main:
+            from rlhf.config import to_dict
+            from rlhf.model_card import write_model_card
+
+            self.tokenizer.save_pretrained(adapter)
+            write_model_card(
+                adapter,
+                self.cfg.model.path,
+                self.recipe,
+                to_dict(self.cfg),
+                final_metrics,
+                command=command_line(),
+                data_desc=self.data_description(),
+                reward_names=self.reward_names,
+                steps=steps,
+            )
+            log.info("adapter saved to %s", adapter)
+        self.acc.wait_for_everyone()
+
+    def data_description(self) -> str:
+        d = self.cfg.data
+        if d.path == "arithmetic":
+            a = d.arithmetic
+            return (
+                f"built-in arithmetic task: operands {a.min_operand}..{a.max_operand}, "
+                f"operators {' '.join(a.operators)}, {a.num_train} training / {a.num_eval} held-out problems "
+                f"(seed {self.cfg.seed})"
+            )
+        return (
+            f"{d.path}" + (f" ({d.name})" if d.name else "") + f", split {d.split}, prompt column {d.prompt_column!r}"
+        )
+
+    def write_plots(self) -> None:
+        try:
+            from rlhf.plots import plot_run
+
+            paths = plot_run(self.out)
+            if paths:
+                log.info("plots written to %s", paths[0].parent)
+        except ImportError as e:  # plotting is a convenience; a missing matplotlib must not fail a finished run
+            log.warning("no plots: %s (pip install matplotlib)", e)

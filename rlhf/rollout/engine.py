@@ -1,0 +1,64 @@
+"""The rollout-engine interface and the table of engines.
+
+The trainer, in-training evaluation and `python -m rlhf.evaluate` all generate through an `Engine`:
+
+- `generate(prompts, group_size, sampling, batch_size=None) -> Rollout`: `prompts` are token-id lists (the chat
+  template already applied); the result holds `group_size` episodes per prompt, a prompt's consecutive, with the
+  sampled tokens exactly as sampled (no decode -> re-encode), their behaviour log-probs at `sampling.temperature`
+  before top-k / top-p truncation, `group_size` and `temperature` set, and `action_mask` marking sampled tokens.
+- `weights_updated()`: called after every optimizer step (and after TRPO's step): an engine holding its own copy of
+  the weights syncs them here; one that reads the live weights does nothing.
+- `close()`: release what the engine holds (processes, memory); called once when the run ends.
+
+Engines are built by `build_engine(name, model=..., tokenizer=..., accelerator=..., merge_adapter=...,
+batch_size=...)`: a name in `ENGINES` or an import path `package.module:Class` whose constructor takes those keywords.
+"""
+
+from __future__ import annotations
+
+import difflib
+from typing import Protocol, runtime_checkable
+
+from rlhf.rollout.builtin import BuiltinEngine
+from rlhf.rollout.types import Rollout, SamplingParams
+
+
+@runtime_checkable
+class Engine(Protocol):
+    def generate(
+        self, prompts: list[list[int]], group_size: int, sampling: SamplingParams, batch_size: int | None = None
+    ) -> Rollout: ...
+
+    def weights_updated(self) -> None: ...
+
+    def close(self) -> None: ...
+
+
+# name -> engine class: one row per engine
+ENGINES: dict[str, type] = {
+    "builtin": BuiltinEngine,
+}
+
+
+def resolve_engine(name: str) -> type:
+    """The engine class for `rollout.engine`: a name in ENGINES or `package.module:Class` / `file.py:Class`."""
+    if name in ENGINES:
+        return ENGINES[name]
+    if ":" in name:
+        from rlhf.rewards import RewardError, import_object
+
+        try:
+            return import_object(name)
+        except RewardError as e:  # its wording speaks of rewards
+            raise ValueError(f"rollout.engine={name!r}: {str(e).split(': ', 1)[-1]}") from None
+    close = difflib.get_close_matches(name, list(ENGINES), n=1)
+    hint = f"did you mean `{close[0]}`?" if close else "or give an import path `package.module:Class`"
+    raise ValueError(f"rollout.engine={name!r} is not one of {', '.join(ENGINES)}; {hint}")
+
+
+def build_engine(name: str, **kwargs) -> Engine:
+    engine = resolve_engine(name)(**kwargs)
+    missing = [m for m in ("generate", "weights_updated", "close") if not callable(getattr(engine, m, None))]
+    if missing:
+        raise TypeError(f"rollout.engine={name!r} lacks {', '.join(missing)}: an engine implements rlhf.rollout.Engine")
+    return engine

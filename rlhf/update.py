@@ -1,0 +1,209 @@
+"""Step 6 of the loop: mu passes over the step's episodes, each split into minibatches, one optimizer step each, with
+gradient accumulation over micro-batches (the clipped-minibatch update of PPO, GRPO and their kin).
+
+`Updater.__call__` is the algorithm; the token counts that make every rank and micro-batch divide by the same global
+count, the non-finite guard and the metric sums are the helpers below it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import torch
+from torch import Tensor
+
+from rlhf.batch import StepBatch
+from rlhf.distributed import all_sum, is_deepspeed
+from rlhf.losses import aggregate, clipped_value_loss, kl_penalty, masked_mean
+
+
+@dataclass(frozen=True)
+class UpdateSettings:
+    """What the update reads, as plain values (the trainer builds it from the recipe and the algorithm's row)."""
+
+    policy_loss: Callable  # the row's loss: (logprobs, old_logprobs, advantages, mask, *, agg, ..., **loss_knobs)
+    loss_knobs: dict = field(default_factory=dict)
+    num_iterations: int = 1  # mu
+    num_minibatches: int = 1
+    micro_batch_size: int = 32
+    loss_agg: str = "token-mean"
+    max_len: int = 64  # the constant of seq-mean-token-sum-norm (rollout.max_new_tokens)
+    beta: float = 0.0  # KL-to-reference coefficient of the loss term (kl_in_loss)
+    kl_in_loss: bool = True
+    kl_estimator: str = "k3"
+    target_kl: float | None = None
+    value_coef: float = 0.0  # > 0 or uses_value: the value loss joins the total
+    value_clip: float = 0.0
+    uses_value: bool = False
+    max_grad_norm: float = 1.0
+
+
+@contextlib.contextmanager
+def zero_lr(optimizer, active: bool):
+    """Inside the block every parameter group's learning rate is 0 (when active); restored after."""
+    saved = [g["lr"] for g in optimizer.param_groups] if active else []
+    for g in optimizer.param_groups if active else []:
+        g["lr"] = 0.0
+    try:
+        yield
+    finally:
+        for g, lr in zip(optimizer.param_groups, saved):
+            g["lr"] = lr
+
+
+class Updater:
+    """forward(micro_batch, with_entropy, with_values, detach_value_trunk) -> (PolicyOutput, the trimmed micro-batch)
+    runs the wrapped policy; on_step() is called after every optimizer step (the rollout engine's weights_updated)."""
+
+    def __init__(self, accelerator, policy, optimizer, scheduler, settings: UpdateSettings, forward, on_step):
+        self.acc, self.policy, self.optimizer, self.scheduler = accelerator, policy, optimizer, scheduler
+        self.s, self.forward, self.on_step = settings, forward, on_step
+        self.is_deepspeed = is_deepspeed(accelerator)
+
+    def __call__(self, batch: StepBatch, warmup: bool = False) -> dict[str, float]:
+        """mu passes over the batch; each pass splits it into minibatches, one optimizer step each. With a value
+        model the loss adds value_coef * the clipped value loss; during warm-up the policy loss is multiplied by 0
+        (kept in the graph so every rank's backward has the same shape) and a shared trunk gets no value gradient."""
+        s, acc = self.s, self.acc
+        per_mb = len(batch.advantages) // s.num_minibatches
+        sums, steps = MetricSums(acc), StepGuard(acc, self.optimizer, self.is_deepspeed)
+        self.policy.train()
+        for _ in range(s.num_iterations):
+            for m in range(s.num_minibatches):
+                minibatch = batch.rows(slice(m * per_mb, (m + 1) * per_mb))
+                # every micro-batch divides by the whole minibatch's token (or sequence) count over all ranks; DDP
+                # averages over ranks and accelerate divides by the accumulation count, so scale both back
+                n_tokens = all_sum(acc, minibatch.loss_mask.sum()).item()
+                n_seqs = per_mb * acc.num_processes
+                scale = acc.num_processes * acc.gradient_accumulation_steps
+                mb_kl = 0.0
+                for start in range(0, per_mb, s.micro_batch_size):
+                    with acc.accumulate(self.policy):
+                        out, mb = self.forward(
+                            minibatch.rows(slice(start, start + s.micro_batch_size)),
+                            with_entropy=True,
+                            with_values=s.uses_value,
+                            detach_value_trunk=warmup,
+                        )
+                        lp = out.logprobs
+                        old = lp.detach() if mb.old_logprobs is None else mb.old_logprobs
+                        agg = dict(agg=s.loss_agg, num_tokens=n_tokens, max_len=s.max_len, num_seqs=n_seqs)
+                        loss, pg = s.policy_loss(lp, old, mb.advantages, mb.loss_mask, **agg, **s.loss_knobs)
+                        total = loss * 0.0 if warmup else loss
+                        kl_loss = v_loss = torch.zeros(())
+                        if mb.ref_logprobs is not None and s.kl_in_loss:
+                            kl_loss = aggregate(kl_penalty(lp, mb.ref_logprobs, s.kl_estimator), mb.loss_mask, **agg)
+                            total = total + s.beta * kl_loss
+                        if s.uses_value:
+                            v_loss, vm = clipped_value_loss(
+                                out.values, mb.old_values, mb.returns, mb.loss_mask, s.value_clip, num_tokens=n_tokens
+                            )
+                            total = total + s.value_coef * v_loss
+                            sums.add("value/clipfrac", vm["clipfrac"].item() * mb.loss_mask.sum().item())
+                        total = steps.guard(total, out)
+                        if steps.backward_and_step(total * scale, self.policy, self.scheduler, s.max_grad_norm):
+                            self.on_step()
+                    w = sums.micro_batch(mb, out, loss, kl_loss, v_loss, pg)
+                    mb_kl += pg["approx_kl"].item() * w
+                sums.passes += 1
+                # early stop (target_kl): this minibatch moved the policy too far from the rollout policy
+                if s.target_kl is not None and all_sum(acc, mb_kl).item() / max(n_tokens, 1.0) > s.target_kl:
+                    return sums.metrics(steps, self.scheduler, s, warmup, early_stop=True)
+        return sums.metrics(steps, self.scheduler, s, warmup, early_stop=False)
+
+
+class StepGuard:
+    """Optimizer steps that a non-finite loss or gradient cannot corrupt, with every rank in lockstep.
+
+    A micro-batch whose loss is not finite is replaced by a zero loss still attached to the graph (so every rank's
+    backward has the same shape); the optimizer step of its minibatch is then skipped on every rank. DeepSpeed steps
+    inside backward(), so there the step is taken with a learning rate of 0 and Adam's moments cannot move weights."""
+
+    def __init__(self, accelerator, optimizer, is_deepspeed: bool):
+        self.acc, self.optimizer, self.is_deepspeed = accelerator, optimizer, is_deepspeed
+        self.bad_micro = self.skipped = self.updates = 0
+        self.grad_norms: list[float] = []
+
+    def guard(self, total: Tensor, out) -> Tensor:
+        if torch.isfinite(total):
+            return total
+        self.bad_micro += 1
+        return out.logprobs.sum() * 0.0 + (0.0 if out.values is None else out.values.sum() * 0.0)
+
+    def backward_and_step(self, loss: Tensor, policy, scheduler, max_grad_norm: float) -> bool:
+        """Backward; at the end of an accumulation window, clip and step unless any rank saw a non-finite value.
+        Returns whether the optimizer stepped."""
+        acc = self.acc
+        any_bad = acc.sync_gradients and all_sum(acc, self.bad_micro).item() > 0
+        with zero_lr(self.optimizer, self.is_deepspeed and any_bad):
+            acc.backward(loss)
+        if not acc.sync_gradients:
+            return False
+        gn = torch.tensor(0.0)
+        if max_grad_norm > 0:
+            gn = acc.clip_grad_norm_(policy.parameters(), max_grad_norm)
+        stepped = not (any_bad or not torch.isfinite(torch.as_tensor(gn)))
+        if not stepped:
+            self.skipped += 1
+        else:
+            if max_grad_norm > 0:
+                self.grad_norms.append(float(gn))
+            self.optimizer.step()
+            scheduler.step()
+            self.updates += 1
+        self.optimizer.zero_grad()
+        self.bad_micro = 0
+        return stepped
+
+
+class MetricSums:
+    """Token-weighted sums of the update's metrics on this rank, reduced over ranks at the end."""
+
+    KEYS = ("loss/policy", "loss/kl", "loss/value", "policy/clipfrac", "policy/approx_kl", "policy/entropy")
+
+    def __init__(self, accelerator):
+        self.acc = accelerator
+        self.sums = dict.fromkeys((*self.KEYS, "value/clipfrac", "policy/rollout_logprob_gap"), 0.0)
+        self.tokens, self.passes = 0.0, 0
+
+    def add(self, key: str, value: float) -> None:
+        self.sums[key] += value
+
+    def micro_batch(self, mb: StepBatch, out, loss: Tensor, kl_loss: Tensor, v_loss: Tensor, pg: dict) -> float:
+        """Add one micro-batch's numbers; returns its token count."""
+        w = mb.loss_mask.sum().item()
+        self.tokens += w
+        for key, t in (("loss/policy", loss), ("loss/kl", kl_loss), ("loss/value", v_loss)):
+            self.sums[key] += torch.nan_to_num(t.detach(), nan=0.0).item()
+        self.sums["policy/clipfrac"] += pg["clipfrac"].item() * w
+        self.sums["policy/approx_kl"] += pg["approx_kl"].item() * w
+        self.sums["policy/entropy"] += masked_mean(out.entropy, mb.loss_mask).item() * w
+        gap = ((out.logprobs.detach() - mb.rollout.logprobs).abs()) * mb.loss_mask
+        self.sums["policy/rollout_logprob_gap"] += gap.sum().item()
+        return w
+
+    def metrics(self, steps: StepGuard, scheduler, s: UpdateSettings, warmup: bool, early_stop: bool) -> dict:
+        total = lambda key: all_sum(self.acc, self.sums[key]).item()
+        tokens = max(all_sum(self.acc, self.tokens).item(), 1.0)
+        m = {
+            "loss/policy": total("loss/policy") / self.passes,
+            "loss/kl": total("loss/kl") / self.passes,
+            "policy/clipfrac": total("policy/clipfrac") / tokens,
+            "policy/approx_kl": total("policy/approx_kl") / tokens,
+            "policy/entropy": total("policy/entropy") / tokens,
+            "policy/rollout_logprob_gap": total("policy/rollout_logprob_gap") / tokens,
+            "optim/lr": scheduler.get_last_lr()[0],
+            "optim/updates": steps.updates,
+            "optim/skipped_steps": steps.skipped,
+        }
+        if s.uses_value:
+            m["loss/value"] = total("loss/value") / self.passes
+            m["value/clipfrac"] = total("value/clipfrac") / tokens
+            m["value/warmup"] = float(warmup)
+        if s.target_kl is not None:
+            m["policy/early_stopped"] = float(early_stop)
+        if steps.grad_norms:
+            m["optim/grad_norm"] = sum(steps.grad_norms) / len(steps.grad_norms)
+        return m
