@@ -113,8 +113,9 @@ def whiten(
 
 def last_action_index(mask: Tensor) -> Tensor:
     """[B] long: the column of each row's last action token (0 for a row without one). mask: [B, T]."""
-    T = mask.shape[1]
-    return (T - 1 - (mask > 0).flip(-1).float().argmax(-1)).clamp(min=0)
+    acting = mask > 0
+    last = mask.shape[1] - 1 - acting.flip(-1).float().argmax(-1)
+    return torch.where(acting.any(-1), last, torch.zeros_like(last))
 
 
 def token_rewards(scores: Tensor, kl: Tensor, mask: Tensor, kl_coef: float) -> Tensor:

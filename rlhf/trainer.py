@@ -38,7 +38,7 @@ from rlhf.kl_control import KLController, RunningMoments
 from rlhf.models import count_parameters, load_policy, load_tokenizer, reference_policy
 from rlhf.outputs import RunOutputs
 from rlhf.policy import RUN_OVERHEAD_TOKENS, Policy
-from rlhf.rewards import build_reward_functions, reward_metrics, score_rollout
+from rlhf.rewards import build_reward_functions, check_reward_signatures, reward_metrics, score_rollout
 from rlhf.rollout import Rollout, SamplingParams, build_engine
 from rlhf.run_utils import StopRequest, flat_config, progress_bar, seed_everything
 from rlhf.tracking import MetricsWriter, available_trackers, truncate_metrics_file
@@ -73,6 +73,9 @@ class Trainer:
         self.tokenizer = load_tokenizer(m.path, m.trust_remote_code)
         self.train_set, self.eval_set = build_datasets(cfg, self.tokenizer)
         self.reward_fns = build_reward_functions(cfg.rewards)
+        for ps in (self.train_set, self.eval_set):
+            if ps is not None:  # every argument a reward function names must be a column (or a call keyword)
+                check_reward_signatures(self.reward_fns, list(ps.columns))
         self.sampler = PromptSampler(len(self.train_set), cfg.seed, cfg.data.shuffle)
 
         lora = m.lora

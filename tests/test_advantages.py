@@ -1,3 +1,4 @@
+import pytest
 import torch
 
 from rlhf.advantages import batch_std_advantages, gae, group_advantages
@@ -106,3 +107,115 @@ def test_whiten_over_masked_entries():
     mask = torch.tensor([[1.0, 1.0, 0.0]])
     # mean 2, unbiased std sqrt(2) -> [-1/sqrt2, 1/sqrt2, 0]
     torch.testing.assert_close(whiten(values, mask), torch.tensor([[-(0.5**0.5), 0.5**0.5, 0.0]]))
+
+
+# ---------------------------------------------------------------------------------------------- masks with gaps
+# A multi-turn episode: 1 on tokens the policy sampled, 0 on tokens an environment inserted (and on padding).
+GAPPED = torch.tensor(
+    [
+        [1, 1, 0, 0, 1, 1, 0, 0],
+        [1, 0, 1, 0, 1, 0, 1, 0],
+        [0, 0, 1, 1, 1, 0, 0, 0],
+        [0, 0, 0, 0, 0, 0, 0, 0],
+    ],
+    dtype=torch.float32,
+)
+
+
+def _compact_loop(fn, mask, *rows_of):
+    """Apply a per-row reference `fn(list of values per tensor) -> list` to the action tokens only, scatter back."""
+    out = torch.zeros(mask.shape)
+    for b in range(mask.shape[0]):
+        idx = [t for t in range(mask.shape[1]) if mask[b, t] > 0]
+        if not idx:
+            continue
+        vals = fn(*[[x[b, t].item() for t in idx] if x.dim() == 2 else x[b].item() for x in rows_of])
+        for t, v in zip(idx, vals):
+            out[b, t] = v
+    return out
+
+
+def test_gae_with_gaps_equals_gae_on_the_action_tokens_alone():
+    from rlhf.advantages import gae
+
+    torch.manual_seed(0)
+    rewards, values = torch.randn(4, 8), torch.randn(4, 8)
+    gamma, lam = 0.9, 0.8
+
+    def ref(r, v):
+        adv, running = [0.0] * len(r), 0.0
+        for t in reversed(range(len(r))):
+            nxt = v[t + 1] if t + 1 < len(r) else 0.0
+            running = r[t] + gamma * nxt - v[t] + gamma * lam * running
+            adv[t] = running
+        return adv
+
+    expected = _compact_loop(ref, GAPPED, rewards, values)
+    adv, returns = gae(rewards, values, GAPPED, gamma, lam)
+    torch.testing.assert_close(adv, expected)
+    torch.testing.assert_close(returns, (expected + values) * GAPPED)
+    assert (adv[GAPPED == 0] == 0).all()
+
+
+def test_discounted_returns_and_token_rewards_with_gaps():
+    from rlhf.advantages import discounted_returns, last_action_index, token_rewards
+
+    scores = torch.tensor([1.0, 2.0, -1.0, 5.0])
+    expected = torch.zeros(4, 8)
+    for b in range(4):
+        idx = [t for t in range(8) if GAPPED[b, t] > 0]
+        for j, t in enumerate(idx):
+            expected[b, t] = scores[b] * 0.5 ** (len(idx) - 1 - j)
+    torch.testing.assert_close(discounted_returns(scores, GAPPED, 0.5), expected)
+    assert last_action_index(GAPPED).tolist() == [5, 6, 4, 0]
+    kl = torch.full((4, 8), 0.1)
+    r = token_rewards(scores, kl, GAPPED, kl_coef=2.0)
+    want = -0.2 * GAPPED
+    want[0, 5] += 1.0
+    want[1, 6] += 2.0
+    want[2, 4] += -1.0  # the row without action tokens gets nothing
+    torch.testing.assert_close(r, want)
+
+
+@pytest.mark.parametrize("agg", ["token-mean", "seq-mean-token-mean", "seq-mean-token-sum-norm"])
+def test_loss_over_a_gapped_mask_equals_the_loss_over_the_same_tokens_written_contiguously(agg):
+    from rlhf.losses import clipped_pg_loss
+
+    torch.manual_seed(1)
+    mask = GAPPED[:3]
+    lp, old, adv = torch.randn(3, 8) * 0.3, torch.randn(3, 8) * 0.3, torch.randn(3, 8)
+    # the same action tokens moved to the front of each row
+    n = int(mask.sum(-1).max())
+    c_lp, c_old, c_adv, c_mask = (torch.zeros(3, n) for _ in range(4))
+    for b in range(3):
+        idx = mask[b].nonzero().flatten()
+        k = len(idx)
+        c_lp[b, :k], c_old[b, :k], c_adv[b, :k], c_mask[b, :k] = lp[b, idx], old[b, idx], adv[b, idx], 1.0
+    gapped, _ = clipped_pg_loss(lp, old, adv, mask, 0.2, 0.28, agg, max_len=8)
+    contiguous, _ = clipped_pg_loss(c_lp, c_old, c_adv, c_mask, 0.2, 0.28, agg, max_len=8)
+    torch.testing.assert_close(gapped, contiguous)
+
+
+def test_estimators_run_without_a_model():
+    from rlhf.estimators import AdvantageInputs, BatchStats, gae_with_kl_reward, grpo
+    from rlhf.kl_control import KLController
+
+    scores = torch.tensor([1.0, 0.0, 0.0, 1.0])
+    mask = GAPPED
+    out = grpo(AdvantageInputs(scores, mask, mask, group_size=2), BatchStats())
+    a = 0.5 / (0.70710677 + 1e-4)
+    torch.testing.assert_close(out.advantages, torch.tensor([a, -a, -a, a])[:, None] * mask)
+    inp = AdvantageInputs(
+        scores,
+        mask,
+        mask,
+        group_size=2,
+        truncated=torch.zeros(4, dtype=torch.bool),
+        old_logprobs=torch.zeros(4, 8),
+        old_values=torch.zeros(4, 8),
+        kl_ctl=KLController(0.0),
+    )
+    est = gae_with_kl_reward(inp, BatchStats(), gamma=1.0, lam=1.0, whiten_advantages=False)
+    # V = 0 and lambda = gamma = 1: every action token's advantage is the episode's score
+    torch.testing.assert_close(est.advantages, scores[:, None] * mask)
+    assert est.metrics["policy/kl_coef"] == 0.0
