@@ -24,6 +24,7 @@ import os
 import shutil
 import socket
 import time
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -285,26 +286,31 @@ def _show(v: Any) -> str:
     return json.dumps(v, default=str)
 
 
-def _incompatible(key: str, old: Any, new: Any) -> bool:
-    if key == "algorithm.name":
+def _incompatible(key: str, old: Any, new: Any, extra: tuple[str, ...] = ()) -> bool:
+    if key == "algorithm.name" and key not in extra:
         return ALGORITHM_FAMILIES.get(old, old) != ALGORITHM_FAMILIES.get(new, new)
-    return any(key == k or (k.endswith(".") and key.startswith(k)) for k in INCOMPATIBLE)
+    return any(key == k or (k.endswith(".") and key.startswith(k)) for k in (*INCOMPATIBLE, *extra))
 
 
-def check_resume_config(saved: dict, new: dict, source: str | Path | None = None) -> list[str]:
+def check_resume_config(
+    saved: dict, new: dict, source: str | Path | None = None, extra_incompatible: Iterable[str] = ()
+) -> list[str]:
     """Compare the configuration a checkpoint was written with (`saved`, a nested dict) with the new run's.
 
     Raises ResumeConfigError listing `key: old -> new` for every change the checkpoint cannot follow (INCOMPATIBLE,
     and algorithm.name across ALGORITHM_FAMILIES) with the two ways on. Returns the other changes as `key: old -> new`
-    lines (unknown keys count as compatible). `source` names the checkpoint in the message."""
+    lines (unknown keys count as compatible). `source` names the checkpoint in the message. `extra_incompatible`
+    adds keys (a trailing "." covers a section) that this run cannot change, e.g. eval.num_samples, eval.path and
+    eval.split when the evaluation rows were held out of the training file (they decide the training rows)."""
     a, b = flatten(saved), flatten(new)
+    extra = tuple(extra_incompatible)
     bad, changes = [], []
     for key in sorted(set(a) | set(b)):
         old, cur = a.get(key, _UNSET), b.get(key, _UNSET)
         if old == cur:
             continue
         line = f"{key}: {_show(old)} -> {_show(cur)}"
-        (bad if _incompatible(key, old, cur) else changes).append(line)
+        (bad if _incompatible(key, old, cur, extra) else changes).append(line)
     if bad:
         where = f" from {source}" if source else ""
         raise ResumeConfigError(

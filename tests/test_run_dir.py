@@ -191,6 +191,12 @@ def test_compatible_changes_are_returned():
     assert "something_new.key: (unset) -> 1" in changes
     assert any(c.startswith("rewards: ") for c in changes)
     assert check_resume_config(saved, saved) == []
+    # keys the caller knows this run cannot change (here: evaluation rows held out of the training file)
+    held_out = ("eval.num_samples", "eval.path", "eval.split")
+    changed = to_dict(load_config(None, ["eval.num_samples=50", "optim.lr=1e-3"]))
+    assert check_resume_config(saved, changed) == ["eval.num_samples: 200 -> 50", "optim.lr: 0.0001 -> 0.001"]
+    with pytest.raises(ResumeConfigError, match=r"eval.num_samples: 200 -> 50\n"):
+        check_resume_config(saved, changed, extra_incompatible=held_out)
 
 
 @pytest.mark.parametrize(
