@@ -2,7 +2,8 @@
 update branches) give the metrics recorded in tests/golden/metrics.json, single-process and once as a two-process
 ZeRO-2 run. A refactor that changes a number fails here. Timings are left out; everything else is compared.
 
-`RLHF_GOLDEN_EXACT=1` asks for bit-identical numbers. `RLHF_RECORD_GOLDEN=1 pytest tests/test_same_metrics.py` rewrites the file (only do that for an intended change,
+`RLHF_GOLDEN_EXACT=1` asks for bit-identical numbers.
+`RLHF_RECORD_GOLDEN=1 pytest tests/test_same_metrics.py` rewrites the file (only do that for an intended change,
 and say which keys moved and why). The numbers depend on the CPU's kernels: on another CPU model or torch version the
 comparison is skipped with the reason, since float summation order differs there."""
 
