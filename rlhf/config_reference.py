@@ -41,6 +41,30 @@ def _section(cls, prefix: str, out: list[str]) -> None:
         _section(tp, sub, out)
 
 
+def _algorithm_table() -> list[str]:
+    """The rows of rlhf.algorithms.ALGORITHMS: what each algorithm does and which keys only it (and its kin) read."""
+    from rlhf.algorithms import ALGORITHMS
+
+    out = [
+        "## algorithms",
+        "",
+        "The rows of `rlhf/algorithms.py`. Keys listed under an algorithm are read by it; setting one of them away",
+        "from its default for an algorithm that does not read it is an error. Keys not listed anywhere apply to all.",
+        "",
+        "| algorithm.name | estimator | policy loss | value model | KL to reference | update | keys it reads |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for name, row in ALGORITHMS.items():
+        keys = ", ".join(f"`{k}`" for k in row.knobs) or "-"
+        kl = "loss term" if row.kl == "loss" else "per-token reward"
+        out.append(
+            f"| `{name}` | `{row.estimator.__name__}` | `{row.policy_loss.__name__}` | "
+            f"{'yes' if row.value_model else 'no'} | {kl} | {row.update} | {keys} |"
+        )
+    out += ["", *[f"- `{n}`: {row.summary}" for n, row in ALGORITHMS.items()], ""]
+    return out
+
+
 def render() -> str:
     out = [
         "# Configuration reference",
@@ -51,6 +75,7 @@ def render() -> str:
     ]
     _section(Config, "", out)
     _section(RewardSpec, "rewards[].", out)
+    out += _algorithm_table()
     return "\n".join(out).rstrip() + "\n"
 
 
