@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from fractions import Fraction
 
 from reward_models import math_expr
-from reward_models.math_normalize import _VARIABLE, Answer, text_key
+from reward_models.math_normalize import _VARIABLE, Answer, decimal_comma, is_name, parse_answer, text_key
 from reward_models.math_sympy import sympy_check
 
 REL_TOL = 1e-6
@@ -103,6 +103,38 @@ def expr_equal(g: tuple, p: tuple, ctx: Context) -> bool:
     return _sympy("equal", g, p, ctx)
 
 
+MIN_ROUNDED_DIGITS = 4  # significant digits that make a decimal "clearly a rounding" (0.3333, not 0.3)
+_DECIMAL = re.compile(r"[-+]?(\d*)\.(\d+)")
+
+
+def rounded_equal(g: Answer, p: Answer) -> bool:
+    """A decimal with at least MIN_ROUNDED_DIGITS significant digits equals a value it is the rounding of, to
+    the places it shows: `0.3333` == 1/3 and `2.6667` == 8/3, but `0.3` != 1/3, `3.14` != pi, `0.3334` != 1/3.
+    (The relative tolerance of expr_equal covers long decimals; this covers short, correctly rounded ones.)"""
+    for dec, exact in ((p, g), (g, p)):
+        m = _DECIMAL.fullmatch(dec.text.replace(" ", ""))
+        if m is None or len((m.group(1) + m.group(2)).lstrip("0")) < MIN_ROUNDED_DIGITS:
+            continue
+        places = len(m.group(2))
+        other = _DECIMAL.fullmatch(exact.text.replace(" ", ""))
+        if other is not None and len(other.group(2)) <= places:  # 0.1235 is no rounding of 0.124
+            continue
+        try:
+            value = math_expr.evaluate(exact.value)
+            shown = Fraction(m.group())
+            half = Fraction(1, 2 * 10**places)
+            if isinstance(value, Fraction):
+                if abs(value - shown) <= half:
+                    return True
+                continue
+            z = math_expr._complex(value)
+        except _NUMERIC_ERRORS:
+            continue
+        if abs(z.imag) <= ABS_TOL * max(1.0, abs(z.real)) and abs(z.real - float(shown)) <= float(half) * (1 + 1e-9):
+            return True
+    return False
+
+
 def _evaluates_somewhere(node: tuple, names: list[str]) -> bool:
     """The expression has a finite value at some probe point (so it is not a provably huge constant)."""
     for env in _probe_envs(names):
@@ -146,12 +178,18 @@ def _proportional(d1: tuple, d2: tuple, ctx: Context) -> bool:
 # ---------------------------------------------------------------- structures
 
 
+def _named(node: Answer) -> bool:
+    text = node.text.replace(" ", "")
+    return bool(text) and (_VARIABLE.fullmatch(text) is not None or is_name(text))
+
+
 def _solved_side(eq: Answer) -> Answer | None:
-    """`x = 3` -> 3, `f(x) = 2x` -> 2x, `3 = x` -> 3; None when neither side is a lone variable."""
+    """`x = 3` -> 3, `f(x) = 2x` -> 2x, `3 = x` -> 3, `(p,q) = (3,2)` -> (3,2), `AB = 4` -> 4,
+    `V_1:V_2 = 11:21` -> 11:21; None when neither side is a name (`7 = 11a+c`, `2x+z = 1`)."""
     lhs, rhs = eq.items
-    if _VARIABLE.fullmatch(lhs.text.replace(" ", "")):
+    if _named(lhs):
         return rhs
-    if _VARIABLE.fullmatch(rhs.text.replace(" ", "")):
+    if _named(rhs):
         return lhs
     return None
 
@@ -170,7 +208,9 @@ def _ordered(gs: list[Answer], ps: list[Answer], ctx: Context) -> bool:
 
 
 def _unordered(gs: list[Answer], ps: list[Answer], ctx: Context, as_set: bool) -> bool:
-    if as_set:
+    """Matching without order; as a set (repeats ignored) for sets and for lists of tuples (the same solution
+    listed twice is one solution), as a multiset for lists of values (`1, 2` != `1, 2, 2`)."""
+    if as_set or (gs and ps and all(x.kind == "seq" for x in gs + ps)):
         return all(any(answers_equal(g, p, ctx) for p in ps) for g in gs) and all(
             any(answers_equal(g, p, ctx) for g in gs) for p in ps
         )
@@ -232,7 +272,7 @@ def answers_equal(g: Answer, p: Answer, ctx: Context) -> bool:
         return _letter(g) is not None and _letter(g) == _letter(p)
     if kg == "eq" and kp == "eq":
         (l1, r1), (l2, r2) = g.items, p.items
-        if _VARIABLE.fullmatch(l1.text.replace(" ", "")) and l1.text.replace(" ", "") == l2.text.replace(" ", ""):
+        if _named(l1) and l1.text.replace(" ", "") == l2.text.replace(" ", ""):
             return answers_equal(r1, r2, ctx)
         if all(x.kind == "expr" for x in (l1, r1, l2, r2)):
             return _proportional(("sub", l1.value, r1.value), ("sub", l2.value, r2.value), ctx)
@@ -245,7 +285,7 @@ def answers_equal(g: Answer, p: Answer, ctx: Context) -> bool:
     if kg == "based" or kp == "based":
         return _based_equal(g, p)
     if kg == kp == "expr":
-        return expr_equal(g.value, p.value, ctx)
+        return expr_equal(g.value, p.value, ctx) or rounded_equal(g, p)
     if kg == kp == "seq":
         return g.open == p.open and g.close == p.close and _ordered(g.items, p.items, ctx)
     if {kg, kp} == {"seq", "matrix"}:
@@ -272,6 +312,10 @@ def top_equal(g: Answer, p: Answer, ctx: Context) -> bool:
     is tried."""
     if answers_equal(g, p, ctx):
         return True
+    for comma, other in ((g, p), (p, g)):  # `1,22` against one number is the decimal 1.22
+        decimal = decimal_comma(comma.text) if comma.kind == "list" and other.kind == "expr" else None
+        if decimal is not None:
+            return answers_equal(parse_answer(decimal), other, ctx)
     if g.kind != "expr" or p.kind != "expr":
         return False
     scales = []

@@ -11,15 +11,17 @@ ordered, a set `\\{1,2\\}` and a list of solutions `1, 2` are not, an interval's
     set    (items, unordered, duplicates ignored)    list   (items, unordered: "1, 2" or 1 \\pm 2)
     union  (items: intervals joined by \\cup)         matrix (rows: list of lists of Answer)
 and carries the flags `percent` (a % sign was removed) and `degree` (a degree sign or the word was removed).
+Inside brackets `;` separates entries like `,` (`\\{1;2;3\\}`, `(0;-2;6)`); at the top level it separates
+groups, each kept whole (`p=5,q=2;p=7,q=2` is a list of two solutions). Inequalities become intervals and
+matrix sums / products are evaluated in math_shapes.
 """
 
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field
-from fractions import Fraction
 
-from reward_models import math_expr
+from reward_models import math_expr, math_shapes
+from reward_models.math_answer import Answer
 
 UNITS = set(
     (
@@ -66,18 +68,6 @@ _UNICODE = {
     "\u00a3": "",
     "\u00a5": "",
 }
-
-
-@dataclass
-class Answer:
-    kind: str
-    value: object = None
-    items: list = field(default_factory=list)
-    open: str = ""
-    close: str = ""
-    text: str = ""  # the cleaned text this node came from
-    percent: bool = False
-    degree: bool = False
 
 
 # ---------------------------------------------------------------- brace helpers
@@ -187,10 +177,30 @@ def _repeating_decimal(m: re.Match) -> str:
 
 
 # `\\frac` written with a JSON-escaped backslash (not a `\\\\` row break followed by a command)
-_DOUBLE_ESCAPE = re.compile(r"(?<!\\)\\\\(?=(?:d|t)?frac|sqrt|pi|cdot|times|text|left|right|boxed)")
+_DOUBLE_ESCAPE = re.compile(
+    r"(?<!\\)\\\\(?=(?:d|t)?frac|sqrt|pi|cdot|times|text|left|right|boxed"
+    r"|(?:leq?|geq?|lt|gt|neq?|infty|cup|pm|in)(?![a-zA-Z]))"
+)
+# `\frac` written in a non-raw string literal: "\f" became a form feed, "\t" a tab, "\b" a backspace
+_CONTROL = {"\x07": "a", "\x08": "b", "\x0b": "v", "\x0c": "f", "\t": "t", "\r": "r"}
+_CONTROL_ESCAPE = re.compile(
+    r"[\x07\x08\x0b\x0c](?=[a-z])"
+    r"|\t(?=ext|imes|heta|frac|riangle|an(?![a-z])|au(?![a-z]))"
+    r"|\r(?=ight|ho(?![a-z])|angle)"
+)
+# thousands separators MATH writes as 10,\!000, 1{,}000 and 14{, }916
+_LATEX_THOUSANDS = re.compile(r"(\d)\s*(?:,\s*\\!|\{\s*,\s*\})\s*(?=\d{3}(?!\d))")
+
+
+def repair_escapes(text: str) -> str:
+    """Undo backslash escapes a string literal swallowed: a form feed + `rac` is `\\frac`, a tab + `ext` is
+    `\\text` (only before the names of LaTeX commands, so real tabs and line breaks stay)."""
+    return _CONTROL_ESCAPE.sub(lambda m: "\\" + _CONTROL[m.group()], text)
+
+
 _LARGE = re.compile(r"(\d)\s*(million|billion|trillion)\b")
 _LARGE_POWERS = {"million": "6", "billion": "9", "trillion": "12"}
-_SPACING = re.compile(r"\\\\|\\[,!]|\\[;: ]|\\q?quad(?![a-zA-Z])|~")
+_SPACING = re.compile(r"\\\\|\\[,!]|\\[;: ]|\\q?quad|~")  # `\\quadx_2`: a squeezed-out space
 
 
 def _spacing(m: re.Match) -> str:
@@ -202,14 +212,13 @@ def _spacing(m: re.Match) -> str:
 
 def clean(text: str) -> tuple[str, bool, bool]:
     """LaTeX and prose clean-up -> (text, had_percent, had_degree). Never raises on str input."""
-    s = text.strip()
+    s = repair_escapes(text).strip()
     for k, v in _UNICODE.items():
         s = s.replace(k, v)
     s = _DOUBLE_ESCAPE.sub(r"\\", s)
     s = replace_command(s, ("boxed", "fbox"), lambda n, a, w: a)
     s = re.sub(r"\\(?:begin|end)\{(?:align\*?|equation\*?|displaymath)\}", " ", s)
-    # thousands separators MATH writes as 10,\!000 and 1{,}000
-    s = re.sub(r"(\d)(?:,\\!|\{,\})\s*(?=\d{3}(?!\d))", r"\1", s)
+    s = _LATEX_THOUSANDS.sub(r"\1", s)
     s = s.replace("\\$", " ").replace("$", " ")
     s = re.sub(r"\\(?:left|right|bigl|bigr|Bigl|Bigr|biggl|biggr|big|Big|bigg|Bigg)(?![a-zA-Z])\s*\.?", "", s)
     s = re.sub(r"\\(?:displaystyle|textstyle|scriptstyle|limits|nolimits)(?![a-zA-Z])", " ", s)
@@ -237,7 +246,7 @@ def clean(text: str) -> tuple[str, bool, bool]:
     s = re.sub(r"(\d*)\.(\d*)\\overline\s*\{(\d+)\}", _repeating_decimal, s)
     s = re.sub(r"\s+", " ", s).strip()
     s = re.sub(r"^[a-zA-Z]\s*\\in\s*", "", s)  # x \in [-2, 7]
-    s = re.sub(r"(?<=\S)\s+(?:and|or)\s+(?=\S)", ", ", s)
+    s = re.sub(r"(?<=\S)\s+(?:and|or)\s+(?=\S)|(?<=[)\]}])\s*(?:and|or)\s*(?=[(\[]|\\\{)", ", ", s)
     s = _strip_punctuation(s)
     s, unit_percent, unit_degree = _strip_units(s)
     s = _strip_punctuation(s)
@@ -343,8 +352,7 @@ _VARIABLE = re.compile(r"[a-zA-Z](?:_\{?\w+\}?)?(?:\([a-zA-Z, ]*\))?|\\[a-zA-Z]+
 _CHOICE = re.compile(r"\(?\s*([A-J])\s*\)?|\(\s*([a-j])\s*\)")
 _BASED = re.compile(r"([0-9A-Za-z]+)_\{?(\d+)\}?")
 _MATRIX = re.compile(r"\\begin\{([pbBvV]?matrix|array)\}(?:\{[^{}]*\})?(.*)\\end\{\1\}", re.S)
-_INEQ = re.compile(r"\\le |\\ge |<|>|\\le$|\\ge$")
-_THOUSANDS = re.compile(r"[-+]?\d{1,3}(?:,\d{3})+(?:\.\d+)?")
+_THOUSANDS = re.compile(r"[-+]?[1-9]\d{0,2}(?:,\d{3})+(?:\.\d+)?")  # 0,111 is a decimal comma, not 111
 
 
 def parse_answer(text: str) -> Answer:
@@ -374,10 +382,12 @@ def _structure(s: str, depth: int) -> Answer:
     if len(parts) > 1:
         return _collection("union", parts, depth, s)
     if s.startswith("\\{") and s.endswith("\\}") and match_brace(s, 1) in (-1, len(s) - 1):
-        inner = s[2:-2]
-        return _collection("set", split_top(inner, ","), depth, s)
+        return _collection("set", _items(s[2:-2]), depth, s)
     if s[0] in "([" and s[-1] in ")]" and _MATRIX.fullmatch(s[1:-1].strip()):  # \left[\begin{array}..\right]
         s = s[1:-1].strip()
+    computed = math_shapes.matrix_expression(s) if s.count("\\begin") > 1 else None
+    if computed is not None:
+        return computed
     m = _MATRIX.fullmatch(s)
     if m:
         rows = [r for r in split_top(m.group(2), "\\\\") if r.strip()]
@@ -387,11 +397,15 @@ def _structure(s: str, depth: int) -> Answer:
         items = split_top(s[len("\\langle") : -len("\\rangle")], ",")
         return Answer("seq", items=[_structure(x, depth + 1) for x in items], open="(", close=")", text=s)
     if len(s) >= 2 and s[0] in "([" and s[-1] in ")]" and _enclosed(s):
-        items = split_top(s[1:-1], ",")
+        items = _items(s[1:-1])
         if len(items) >= 2:
             if len(items) > MAX_ITEMS:
                 return Answer("text", text_key(s), text=s)
             return Answer("seq", items=[_structure(x, depth + 1) for x in items], open=s[0], close=s[-1], text=s)
+    groups = split_top(s, ";")
+    if len(groups) > 1 and len(groups) <= MAX_ITEMS and all(g.strip() for g in groups):
+        # `-12;-11;-10` lists values; in `p=5,q=2;p=7,q=2` each group is one solution (kept whole)
+        return Answer("list", items=[_structure(g, depth + 1) for g in groups], text=s)
     parts = split_top(s, ",")
     if len(parts) > 1:
         return _collection("list", parts, depth, s)
@@ -401,12 +415,14 @@ def _structure(s: str, depth: int) -> Answer:
                 return Answer("text", text_key(s), text=s)
             first, second = ("+", "-") if sign == "\\pm" else ("-", "+")
             return _collection("list", [s.replace(sign, first), s.replace(sign, second)], depth, s)
-    interval = _inequality(s, depth)
+    interval = math_shapes.inequality(s, depth, _structure)
     if interval is not None:
         return interval
     sides = split_top(s, "=")
     if len(sides) > 1 and all(x.strip() for x in sides):
-        return Answer("eq", items=[_structure(sides[0], depth + 1), _structure(sides[-1], depth + 1)], text=s)
+        # a chain `x = 5+5+1 = 11` states x = 11: the named side (else the first) against the last one
+        lhs = next((x for x in sides[:-1] if is_name(x)), sides[0])
+        return Answer("eq", items=[_structure(lhs, depth + 1), _structure(sides[-1], depth + 1)], text=s)
     m = _CHOICE.fullmatch(s)
     if m:
         return Answer("choice", (m.group(1) or m.group(2)).upper(), text=s)
@@ -414,6 +430,38 @@ def _structure(s: str, depth: int) -> Answer:
     if m and not m.group(1).isalpha():
         return Answer("based", (m.group(1).lower(), int(m.group(2))), text=s)
     return _expr(s)
+
+
+def _items(inner: str) -> list[str]:
+    """The entries of a bracketed collection: comma-separated, or `;`-separated when there is no comma."""
+    items = split_top(inner, ",")
+    return split_top(inner, ";") if len(items) == 1 else items
+
+
+_NAME_FUNCTIONS = re.compile(r"\\(?:" + "|".join(sorted(math_expr.FUNCTIONS)) + r")(?![a-zA-Z])")
+_NAME = re.compile(r"(?:[A-Za-z(),:|'{}\[\]]|\\[a-zA-Z]+)+")
+
+
+def is_name(text: str) -> bool:
+    """Whether an equation side names the answer instead of computing it: `x`, `AB`, `|AB|`, `(p,q)`, `f(x)`,
+    `V_1:V_2`, `\\frac{NO}{BO}`, `\\angle ABC`. No digits (outside subscripts), operators or functions, so
+    `2x+z`, `a^2+b` and `\\sin x` are expressions."""
+    t = re.sub(r"_\{[^{}]*\}|_\w|\s", "", text)
+    if not t or not re.search(r"[A-Za-z]", t) or re.search(r"[\d\-+*/^=<>]", t) or _NAME_FUNCTIONS.search(t):
+        return False
+    return _NAME.fullmatch(t) is not None
+
+
+_DECIMAL_COMMA = re.compile(r"([-+]?)(\d+),(\d+)")
+
+
+def decimal_comma(text: str) -> str | None:
+    """`1,22` -> `1.22`, `0,111` -> `0.111`, `1000,99` -> `1000.99`: one comma inside a bare number that cannot
+    be a thousands separator. None for `1,000` (one thousand), `1, 2` and anything else."""
+    m = _DECIMAL_COMMA.fullmatch(text.strip())
+    if m is None or (re.fullmatch(r"[1-9]\d{0,2}", m.group(2)) and len(m.group(3)) == 3):
+        return None
+    return f"{m.group(1)}{m.group(2)}.{m.group(3)}"
 
 
 def _expr(s: str) -> Answer:
@@ -431,63 +479,3 @@ def _collection(kind: str, parts: list[str], depth: int, s: str) -> Answer:
         node = _structure(p, depth + 1)
         items.extend(node.items if node.kind == "list" and kind in ("set", "list") else [node])
     return Answer(kind, items=items, text=s)
-
-
-def _solve_linear(lhs: str, rhs: str) -> tuple[Fraction, Fraction] | None:
-    """lhs - rhs = a*x + b with rational a != 0 in one variable x -> (root -b/a, slope a); else None."""
-    try:
-        diff = ("sub", math_expr.parse(lhs), math_expr.parse(rhs))
-        names = math_expr.free_symbols(diff)
-        if len(names) != 1:
-            return None
-        (name,) = names
-        values = [math_expr.evaluate(diff, {name: Fraction(x)}) for x in (0, 1, 2, -3)]
-    except (math_expr.ExprError, ArithmeticError, ValueError, TypeError):
-        return None
-    if not all(isinstance(v, Fraction) for v in values):
-        return None
-    b, a = values[0], values[1] - values[0]
-    if a == 0 or values[2] != 2 * a + b or values[3] != -3 * a + b:
-        return None
-    return -b / a, a
-
-
-def _inequality(s: str, depth: int) -> Answer | None:
-    """`x > 3` -> (3, \\infty), `-1 \\le x < 2` -> [-1, 2): inequalities in one variable become intervals."""
-    if not _INEQ.search(s):
-        return None
-    pieces = re.split(r"(\\le |\\ge |<|>)", s + " ")
-    terms, ops = [p.strip() for p in pieces[0::2]], [p.strip() for p in pieces[1::2]]
-    if any(not t for t in terms):
-        return None
-    is_var = [re.fullmatch(r"[a-zA-Z](?:_\{?\w+\}?)?", t) is not None for t in terms]
-    up = {"<": (True, False), "\\le": (True, True), ">": (False, False), "\\ge": (False, True)}
-    if len(terms) == 2:
-        increasing, closed = up[ops[0]]
-        if is_var[0] != is_var[1]:
-            if is_var[1]:  # 3 < x  is  x > 3
-                increasing = not increasing
-            bound = terms[1] if is_var[0] else terms[0]
-        else:
-            solved = _solve_linear(terms[0], terms[1])
-            if solved is None:
-                return None
-            root, slope = solved
-            bound = (
-                str(root.numerator) if root.denominator == 1 else f"\\frac{{{root.numerator}}}{{{root.denominator}}}"
-            )
-            if slope < 0:  # -x > -1  is  x < 1
-                increasing = not increasing
-        lo, hi = ("-\\infty", bound) if increasing else (bound, "\\infty")
-        open_, close = ("(", "]" if closed else ")") if increasing else ("[" if closed else "(", ")")
-    elif len(terms) == 3 and is_var[1] and not is_var[0] and not is_var[2]:
-        (inc1, closed1), (inc2, closed2) = up[ops[0]], up[ops[1]]
-        if inc1 != inc2:
-            return None
-        lo, hi = (terms[0], terms[2]) if inc1 else (terms[2], terms[0])
-        c_lo, c_hi = (closed1, closed2) if inc1 else (closed2, closed1)
-        open_, close = "[" if c_lo else "(", "]" if c_hi else ")"
-    else:
-        return None
-    items = [_structure(lo, depth + 1), _structure(hi, depth + 1)]
-    return Answer("seq", items=items, open=open_, close=close, text=s)
