@@ -4,11 +4,15 @@ The recipe stops here: each builder reads the config and hands plain arguments t
 
 from __future__ import annotations
 
+import logging
+
 import torch
 
 from rlhf.config import Config
-from rlhf.data import arithmetic_problems, build_prompt_set, load_rows, rename_columns
+from rlhf.data import arithmetic_problems, build_prompt_set, load_eval_rows, load_rows, rename_columns
 from rlhf.run_utils import lr_lambda
+
+log = logging.getLogger("rlhf")
 
 
 def build_datasets(cfg: Config, tokenizer):
@@ -19,9 +23,15 @@ def build_datasets(cfg: Config, tokenizer):
         train_rows, eval_rows = arithmetic_problems(
             a.min_operand, a.max_operand, a.operators, a.num_train, a.num_eval, a.template, seed=cfg.seed
         )
+    elif cfg.eval.every:
+        # evaluation rows are never training rows: a separate file or split, else a seeded slice held out of training
+        e = cfg.eval
+        train_rows, eval_rows, where = load_eval_rows(
+            load_rows(d.path, d.name, d.split), d.path, d.name, d.split, e.split, e.path, e.num_samples, cfg.seed
+        )
+        log.info("evaluation rows: %s", where)
     else:
-        train_rows = load_rows(d.path, d.name, d.split)
-        eval_rows = load_rows(d.path, d.name, cfg.eval.split) if cfg.eval.every else []
+        train_rows, eval_rows = load_rows(d.path, d.name, d.split), []
     fmt = dict(
         prompt_column=d.prompt_column,
         system_prompt=d.system_prompt,

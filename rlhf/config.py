@@ -273,7 +273,17 @@ class TrainConfig:
         32,
     )
     save_every: int = doc("Save a checkpoint every N steps (and at the end); 0 = only at the end.", 0)
-    resume_from: str | None = doc("`latest` or a checkpoint directory to resume from.", None)
+    resume_from: str | None = doc(
+        "`latest` or a checkpoint directory to resume from. The checkpoint's config is compared first: a changed "
+        "model, adapter shape, algorithm family, value model, group size, batch or data is refused with the diff; "
+        "other changes (learning rate, max_steps, logging, ...) are applied and recorded in `history.jsonl`.",
+        None,
+    )
+    overwrite: bool = doc(
+        "Clear the files an earlier run left in output_dir (checkpoints, metrics, adapter, samples, plots) before "
+        "starting; without it a fresh run into such a folder is refused.",
+        False,
+    )
     keep_last: int = doc("Checkpoints kept on disk (older ones are deleted once a newer one is complete).", 2)
     max_bad_steps: int = doc(
         "Steps in a row whose loss or gradient is not finite (each skipped, weights untouched) before the run stops.",
@@ -287,7 +297,13 @@ class EvalConfig:
 
     every: int = doc("Evaluate every N steps, at step 0 and at the end; 0 = off.", 0)
     num_samples: int = doc("Held-out prompts (0 = all of the split).", 200)
-    split: str = doc("Split for hub/file datasets (the arithmetic task has its own held-out set).", "test")
+    split: str = doc(
+        "Evaluation split: of a hub dataset, or the sibling file of a local training file (`train.jsonl` -> "
+        "`test.jsonl`). With neither, a seeded slice of num_samples rows (a tenth when 0) is held out of the training "
+        "file, so evaluation never scores training rows; the log says which. The arithmetic task has its own.",
+        "test",
+    )
+    path: str | None = doc("A separate evaluation file or hub dataset (its `split`); none = as described above.", None)
     max_new_tokens: int | None = doc("Longest eval completion; none = rollout.max_new_tokens.", None)
     batch_size: int = doc("Prompts generated at once.", 64)
     success_threshold: float = doc("A completion counts as correct when its weighted reward is at least this.", 1.0)

@@ -11,6 +11,7 @@ from torch import Tensor
 
 from rlhf import __version__
 from rlhf.checkpoint import save_adapter, save_checkpoint
+from rlhf.config import to_dict
 from rlhf.run_utils import command_line
 from rlhf.tracking import MetricsWriter, console_line, format_samples
 
@@ -72,6 +73,7 @@ class RunOutputs:
             {**self.state(), "version": __version__},
             keep_last=self.cfg.train.keep_last,
             trainable_module=self.trainable_module,
+            config=to_dict(self.cfg),
         )
         if self.is_main:
             log.info("checkpoint saved to %s", path)
@@ -88,7 +90,6 @@ class RunOutputs:
         adapter = self.out / "adapter"
         save_adapter(self.acc, self.peft_model, adapter)  # gathered under ZeRO-3
         if self.is_main:
-            from rlhf.config import to_dict
             from rlhf.model_card import write_model_card
 
             self.tokenizer.save_pretrained(adapter)

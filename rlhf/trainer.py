@@ -22,8 +22,8 @@ from rlhf.accuracy import greedy_eval
 from rlhf.algorithms import get_algorithm
 from rlhf.batch import StepBatch
 from rlhf.build import build_datasets, build_optimizer, build_value_model
-from rlhf.checkpoint import load_checkpoint, resolve_resume
-from rlhf.config import Config, ConfigError, check_world, save_config
+from rlhf.checkpoint import apply_hyperparameters, load_checkpoint, read_checkpoint_config, resolve_resume
+from rlhf.config import Config, ConfigError, check_world, save_config, to_dict
 from rlhf.data import PromptSampler
 from rlhf.distributed import (
     all_gather_cat,
@@ -40,6 +40,7 @@ from rlhf.outputs import RunOutputs
 from rlhf.policy import RUN_OVERHEAD_TOKENS, Policy
 from rlhf.rewards import build_reward_functions, check_reward_signatures, reward_metrics, score_rollout
 from rlhf.rollout import Rollout, SamplingParams, build_engine
+from rlhf.run_dir import append_history, check_resume_config, claim_output_dir
 from rlhf.run_utils import StopRequest, flat_config, progress_bar, seed_everything
 from rlhf.tracking import MetricsWriter, available_trackers, truncate_metrics_file
 from rlhf.trpo import trpo_update
@@ -65,8 +66,14 @@ class Trainer:
         configure_deepspeed(acc, self.micro_batches, cfg.optim.max_grad_norm)
         self.is_main = acc.is_main_process
         seed_everything(cfg.seed + acc.process_index)
+        # the run owns its folder; a resume is checked against the checkpoint's config before anything is written
+        self.run_lock = claim_output_dir(self.out, bool(t.resume_from), t.overwrite) if self.is_main else None
+        self.resume_path = resolve_resume(t.resume_from, self.out / "checkpoints")
+        self.resume_changes: list[str] = []
+        saved = read_checkpoint_config(self.resume_path) if self.resume_path is not None else None
+        if saved is not None:
+            self.resume_changes = check_resume_config(saved, to_dict(cfg), source=self.resume_path)
         if self.is_main:
-            self.out.mkdir(parents=True, exist_ok=True)
             save_config(cfg, self.out / "config.yaml")
 
         # data and rewards before the model, so their errors come in seconds
@@ -153,9 +160,10 @@ class Trainer:
 
     def resume(self) -> int:
         """Restore the newest usable checkpoint when asked; returns the step to continue after (0 = fresh)."""
-        resume = resolve_resume(self.cfg.train.resume_from, self.out / "checkpoints")
+        resume = self.resume_path
         if resume is None:
             return 0
+        lrs = list(self.scheduler.base_lrs)  # this run's peak rates, before the checkpoint's replace them
         # the value head / critic is restored with the adapter (trainable.safetensors)
         state = load_checkpoint(
             resume,
@@ -165,6 +173,14 @@ class Trainer:
             self.scheduler,
             trainable_module=self.policy if self.spec.value_model else None,
         )
+        o = self.cfg.optim
+        apply_hyperparameters(
+            self.optimizer, self.scheduler, lrs, betas=o.betas, eps=o.eps, weight_decay=o.weight_decay
+        )
+        if self.resume_changes:
+            log.info("resuming with changed settings: %s", "; ".join(self.resume_changes))
+            if self.is_main:
+                append_history(self.out, state["step"], self.resume_changes)
         self.sampler.load_state_dict(state["sampler"])
         if "kl_ctl" in state:
             self.kl_ctl.load_state_dict(state["kl_ctl"])
@@ -260,17 +276,18 @@ class Trainer:
                 if all_sum(acc, float(stop.requested)).item() > 0:
                     log.warning("stop requested (%s): saving a checkpoint at step %d and exiting", stop.name, step)
                     self.outputs.save(step)
-                    self.engine.close()
                     return last_metrics
                 if time_up:
                     log.info("train.max_minutes=%s reached after step %d: finishing the run", t.max_minutes, step)
                     break
+            self.outputs.finish(step, last_metrics)
         finally:
             stop.restore()
             if bar:
                 bar.close()  # so an error message starts on a line of its own
-        self.outputs.finish(step, last_metrics)
-        self.engine.close()
+            self.engine.close()
+            if self.run_lock is not None:
+                self.run_lock.release()
         acc.end_training()
         return last_metrics
 

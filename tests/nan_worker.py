@@ -2,11 +2,13 @@
 usage: nan_worker.py RECIPE key=value ..."""
 
 import sys
+from dataclasses import replace
 
 import rlhf.trainer as trainer_module
+from rlhf.algorithms import ALGORITHMS
 from rlhf.config import load_config
 
-original = trainer_module.clipped_pg_loss
+original = ALGORITHMS["grpo"].policy_loss
 calls = {"n": 0}
 
 
@@ -16,5 +18,5 @@ def nan_after_first_step(*args, **kwargs):
     return (loss * float("nan") if calls["n"] > 1 else loss), metrics
 
 
-trainer_module.clipped_pg_loss = nan_after_first_step
+ALGORITHMS["grpo"] = replace(ALGORITHMS["grpo"], policy_loss=nan_after_first_step)
 trainer_module.Trainer(load_config(sys.argv[1], sys.argv[2:])).train()

@@ -114,7 +114,7 @@ def test_every_advantage_estimator_trains(name, tiny_model_dir, tmp_path, gsm8k_
     recipe = REPO / "recipes" / "grpo_arithmetic_smollm2.yaml"
     over = tiny_recipe_overrides(recipe, tiny_model_dir, tmp_path / "run", gsm8k_file) + [
         f"algorithm.name={name}",
-        "algorithm.gamma=0.9",
+        *(["algorithm.gamma=0.9"] if name.startswith("reinforce") else []),  # only the return estimators discount
         "eval.every=0",
         "train.max_steps=1",
     ]

@@ -162,13 +162,16 @@ def test_corrupt_checkpoint_is_named_and_latest_falls_back(tiny_model_dir, tmp_p
     optimizer_file.write_bytes(b"not a checkpoint")
     with pytest.raises(CheckpointError, match="step-000001 could not be loaded: optimizer.pt has 16 bytes"):
         resolve_resume(str(ckpts[0]), out / "checkpoints")
-    assert resolve_resume("latest", out / "checkpoints") is None
+    with pytest.raises(CheckpointError, match="no usable checkpoint"):  # refused: never a silent fresh start
+        resolve_resume("latest", out / "checkpoints")
 
 
 def test_non_finite_loss_is_skipped_then_stops(tiny_model_dir, tmp_path, monkeypatch):
-    import rlhf.trainer as trainer_mod
+    from dataclasses import replace
 
-    real = trainer_mod.clipped_pg_loss
+    from rlhf.algorithms import ALGORITHMS
+
+    real = ALGORITHMS["grpo"].policy_loss
     calls = {"n": 0}
 
     def flaky(*args, **kwargs):
@@ -177,7 +180,7 @@ def test_non_finite_loss_is_skipped_then_stops(tiny_model_dir, tmp_path, monkeyp
         # two micro-batches per step: step 1 is fine, every later step is NaN
         return (loss * float("nan") if calls["n"] > 2 else loss), m
 
-    monkeypatch.setattr(trainer_mod, "clipped_pg_loss", flaky)
+    monkeypatch.setitem(ALGORITHMS, "grpo", replace(ALGORITHMS["grpo"], policy_loss=flaky))
     out = tmp_path / "run"
     trainer = Trainer(
         load_config(

@@ -25,11 +25,11 @@ def test_on_policy_reuse_of_current_logprobs_equals_recomputing_old_logprobs(tin
     torch.manual_seed(0)
     roll, ps = reuse.rollout(list(range(2)))
     rewards = torch.tensor([len(t) / 10.0 for t in roll.texts])
-    adv = reuse.advantages(rewards, roll.completion_mask)
+    adv = reuse.advantages(rewards, StepBatch(roll, torch.zeros_like(roll.logprobs), roll.action_mask)).advantages
     batch_a = StepBatch(roll, adv, roll.completion_mask.clone())
     batch_b = StepBatch(roll, adv.clone(), roll.completion_mask.clone())
     batch_b.old_logprobs = recompute.scored_logprobs(batch_b, reference=False)
-    m_a, m_b = reuse.update(batch_a), recompute.update(batch_b)
+    m_a, m_b = reuse.update(batch_a, warmup=False), recompute.update(batch_b, warmup=False)
     assert m_a["loss/policy"] != 0.0
     for key in ("loss/policy", "policy/entropy", "policy/clipfrac"):
         assert abs(m_a[key] - m_b[key]) < 1e-5, key
