@@ -23,9 +23,9 @@ REWORDED = {
 
 def main(overrides: list[str]) -> int:
     sys.path.insert(0, str(REPO))
+    from rlhf.accuracy import greedy_eval
     from rlhf.config import load_config
     from rlhf.data import arithmetic_problems, build_prompt_set
-    from rlhf.accuracy import greedy_eval
     from rlhf.models import reference_policy
     from rlhf.rollout import BuiltinEngine
     from rlhf.train import setup_logging

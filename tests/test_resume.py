@@ -61,9 +61,7 @@ def test_resumed_run_equals_uninterrupted_run(tiny_model_dir, tmp_path):
     full, part = tmp_path / "full", tmp_path / "part"
     Trainer(load_config(RECIPE, _over(tiny_model_dir, full, "train.max_steps=4"))).train()
     Trainer(load_config(RECIPE, _over(tiny_model_dir, part, "train.max_steps=2"))).train()
-    Trainer(
-        load_config(RECIPE, _over(tiny_model_dir, part, "train.max_steps=4", "train.resume_from=latest"))
-    ).train()
+    Trainer(load_config(RECIPE, _over(tiny_model_dir, part, "train.max_steps=4", "train.resume_from=latest"))).train()
     _assert_same_rows(full, part)
 
 
