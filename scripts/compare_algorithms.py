@@ -30,6 +30,7 @@ def run_one(recipe: Path, minutes: float, out: Path, extra: list[str]) -> dict:
         str(recipe),
         f"output_dir={out}",
         f"train.max_minutes={minutes}",
+        "train.overwrite=true",  # a comparison is rerun into the same folders
         "train.max_steps=100000",
         "optim.schedule=constant",
         "eval.every=100000",

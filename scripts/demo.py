@@ -33,7 +33,8 @@ def main(overrides: list[str]) -> int:
 
     setup_logging()
     start = time.perf_counter()
-    cfg = load_config(RECIPE, [f"output_dir={REPO / 'runs' / 'demo'}", *overrides])
+    # the demo is meant to be run again: each run starts runs/demo afresh
+    cfg = load_config(RECIPE, [f"output_dir={REPO / 'runs' / 'demo'}", "train.overwrite=true", *overrides])
     trainer = Trainer(cfg)
     trainer.train()
     train_time = time.perf_counter() - start
