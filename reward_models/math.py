@@ -47,6 +47,7 @@ from decimal import Decimal
 from fractions import Fraction
 
 from reward_models import math_compare, math_extract, math_normalize, math_sympy
+from rlhf.rewards import as_text
 
 _PLAIN_NUMBER = re.compile(r"-?(?:[1-9]\d{0,2}(?:,\d{3})+(?:\.\d+)?|\d{1,300}(?:\.\d{0,300})?|\.\d{1,300})")
 MAX_ANSWER_CHARS = 2000  # longer answers are compared as text only
@@ -140,17 +141,16 @@ def timeout_count() -> int:
 # ---------------------------------------------------------------- rewards
 
 
-def math_correctness(
-    prompts: list[str], completions: list[str], answer: list, mode: str = "lenient", **_
-) -> list[float | None]:
+def math_correctness(prompts: list, completions: list, answer: list, mode: str = "lenient", **_) -> list[float | None]:
     """1.0 when the completion's final answer equals the gold `answer` column, else 0.0.
 
+    A completion is text or, from a conversational dataset, a message list (its last message is read).
     The gold may be a bare answer or a whole solution (GSM8K `#### 72`, MATH `\\boxed{}`): see gold_answer.
     `mode="strict"` gives no credit to a completion without an explicit answer form (no last-number
     fallback)."""
     out: list[float | None] = []
     for completion, gold in zip(completions, answer):
-        pred = extract_answer(completion, mode=mode)
+        pred = extract_answer(as_text(completion), mode=mode)
         out.append(1.0 if pred is not None and is_equivalent(gold_answer(gold), pred) else 0.0)
     return out
 
@@ -160,14 +160,15 @@ def _compiled(pattern: str) -> re.Pattern:
     return re.compile(pattern, re.S)
 
 
-def format_reward(prompts: list[str], completions: list[str], pattern: str = FORMAT_PATTERN, **_) -> list[float | None]:
-    """1.0 when the completion has the answer format the prompt asked for, else 0.0.
+def format_reward(prompts: list, completions: list, pattern: str = FORMAT_PATTERN, **_) -> list[float | None]:
+    """1.0 when the completion (text, or a message list: its last message) has the answer format the prompt asked
+    for, else 0.0.
 
     Default: it contains a `\\boxed{...}` or an `<answer>...</answer>` block (the forms extract_answer reads
     first). Pass `pattern` (a regex, searched with DOTALL) for a stricter layout, e.g.
     `^<think>.+</think>\\s*<answer>.+</answer>\\s*$` for reasoning-then-answer."""
     regex = _compiled(pattern)
-    return [1.0 if isinstance(c, str) and regex.search(c) else 0.0 for c in completions]
+    return [1.0 if c is not None and regex.search(as_text(c)) else 0.0 for c in completions]
 
 
 def _metrics() -> dict[str, float]:

@@ -5,6 +5,8 @@ from __future__ import annotations
 import re
 from fractions import Fraction
 
+from rlhf.rewards import as_text
+
 _BOXED = re.compile(r"\\boxed\s*\{([^{}]*)\}")
 _HASHES = re.compile(r"####\s*([^\n]+)")
 _NUMBER = re.compile(r"-?\d[\d,]*(?:\.\d+)?(?:/\d+)?|-?\.\d+")
@@ -32,13 +34,14 @@ def to_fraction(text: str | None) -> Fraction | None:
         return None
 
 
-def numeric_answer_reward(prompts: list[str], completions: list[str], answer: list, **_) -> list[float]:
+def numeric_answer_reward(prompts: list, completions: list, answer: list, **_) -> list[float]:
     """1.0 when the completion's final number equals the gold number exactly (as rationals), else 0.0.
 
-    The gold `answer` may be a bare number or a GSM8K solution ending in `#### N`."""
+    A completion is text or, from a conversational dataset, a message list (its last message is read). The gold
+    `answer` may be a bare number or a GSM8K solution ending in `#### N`."""
     out = []
     for completion, gold in zip(completions, answer):
         g = to_fraction(final_number(str(gold)))
-        p = to_fraction(final_number(completion))
+        p = to_fraction(final_number(as_text(completion)))
         out.append(1.0 if g is not None and p is not None and g == p else 0.0)
     return out

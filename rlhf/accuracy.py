@@ -68,7 +68,9 @@ def greedy_eval(
     out = engine.generate(shard.prompt_ids, 1, params, batch_size=batch_size) if len(shard) else None
     correct, reward_sum, rows = 0.0, 0.0, []
     if out is not None:
-        total, _, _ = score_rollout(reward_fns, shard.texts, shard.columns, out, 1)
+        total, _, _ = score_rollout(
+            reward_fns, shard.texts, shard.columns, out, 1, prompt_messages=shard.prompt_messages
+        )
         ok = total >= success_threshold - 1e-6
         correct, reward_sum = ok.sum().item(), total.sum().item()
         for i, text in enumerate(out.texts):
@@ -111,7 +113,9 @@ def sampled_eval(
     # one engine call for the shard (decoded batch_size sequences at a time): weights merged or gathered once
     out = engine.generate(shard.prompt_ids, n, params, batch_size=batch_size) if len(shard) else None
     if out is not None:
-        total, _, _ = score_rollout(reward_fns, shard.texts, shard.columns, out, n)
+        total, _, _ = score_rollout(
+            reward_fns, shard.texts, shard.columns, out, n, prompt_messages=shard.prompt_messages
+        )
         ok = (total >= success_threshold - 1e-6).tolist()
         for j in range(len(shard)):
             texts, correct = out.texts[j * n : (j + 1) * n], ok[j * n : (j + 1) * n]

@@ -310,10 +310,20 @@ class PromptSet:
     """Tokenized prompts plus every other column (what reward functions receive)."""
 
     prompt_ids: list[list[int]]
-    texts: list[str]  # the prompt as the reward functions see it (the last user message)
+    texts: list[str]  # the prompt as text (the last message's content): logs, samples, error messages
     columns: dict[str, list[Any]]
     dropped: int = 0  # rows left out: empty prompts and prompts longer than max_prompt_tokens
     empty: int = 0  # of which empty prompts
+    # Per prompt, the chat messages the model is prompted with (data.system_prompt first when set) when the prompt
+    # column held a message list (a conversational dataset), else None. Reward functions then get these as `prompts`
+    # and each completion as [{"role": "assistant", "content": text}], as TRL passes them (rlhf.rewards).
+    prompt_messages: list[list[dict] | None] | None = None
+
+    def __post_init__(self) -> None:
+        if self.prompt_messages is None:
+            self.prompt_messages = [None] * len(self.prompt_ids)
+        if len(self.prompt_messages) != len(self.prompt_ids):
+            raise ValueError(f"{len(self.prompt_messages)} prompt_messages for {len(self.prompt_ids)} prompts")
 
     def __len__(self) -> int:
         return len(self.prompt_ids)
@@ -323,6 +333,7 @@ class PromptSet:
             [self.prompt_ids[i] for i in idx],
             [self.texts[i] for i in idx],
             {k: [v[i] for i in idx] for k, v in self.columns.items()},
+            prompt_messages=[self.prompt_messages[i] for i in idx],
         )
 
 
@@ -344,10 +355,11 @@ def build_prompt_set(
     max_prompt_tokens: int = 512,
 ) -> PromptSet:
     """Chat-templated, tokenized prompts. Empty prompts and prompts longer than max_prompt_tokens are dropped and
-    counted (PromptSet.dropped, .empty); a null prompt or one of the wrong type is an error naming the row."""
+    counted (PromptSet.dropped, .empty); a null prompt or one of the wrong type is an error naming the row. A prompt
+    column holding chat messages keeps them, per prompt, in PromptSet.prompt_messages (None for a text prompt)."""
     if not rows:
         raise DataError("the dataset is empty")
-    ids, texts, kept = [], [], []
+    ids, texts, kept, conversations = [], [], [], []
     too_long = empty = 0
     for i, row in enumerate(rows):
         if prompt_column in row and row[prompt_column] is None:
@@ -370,6 +382,7 @@ def build_prompt_set(
             continue
         ids.append(enc)
         texts.append(messages[-1]["content"])
+        conversations.append(messages if isinstance(row[prompt_column], list) else None)
         kept.append(row)
     dropped = too_long + empty
     if dropped:
@@ -391,7 +404,7 @@ def build_prompt_set(
             f"{max_prompt_tokens}; raise it or check data.prompt_column"
         )
     columns = {k: [r.get(k) for r in kept] for k in kept[0] if k != prompt_column}
-    return PromptSet(ids, texts, columns, dropped, empty)
+    return PromptSet(ids, texts, columns, dropped, empty, conversations)
 
 
 def left_pad(seqs: list[list[int]], pad_id: int) -> tuple[Tensor, Tensor]:

@@ -18,9 +18,11 @@ A function with `**kwargs` gets all of these; one without gets only the keywords
 (`def f(p, c, **columns)`) is called positionally with the prompts and completions first, as before.
 `check_reward_signatures` checks every function against the dataset's columns at start-up and names what is missing.
 
-Conversational datasets (the prompt column holds chat messages): `prompts` are the message lists
-(`[{"role": "user", "content": ...}, ...]`) and each completion is `[{"role": "assistant", "content": text}]`;
-plain-text datasets get plain strings. `as_text` turns either form into a string.
+Conversational datasets (the prompt column holds chat messages): `prompts` are the message lists the model was
+prompted with (`[{"role": "user", "content": ...}, ...]`, data.system_prompt first when set: the PromptSet's
+`prompt_messages`, which the trainer and the evaluation pass) and each completion is
+`[{"role": "assistant", "content": text}]`; plain-text datasets get plain strings. `as_text` turns either form into
+a string; the built-in rewards (reward_models) take either.
 
 A class is instantiated once with the recipe's kwargs (load a model there) and its instance is called the same way.
 

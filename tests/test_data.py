@@ -48,6 +48,32 @@ def test_local_jsonl_text_and_chat_prompts(tmp_path, tokenizer):
     assert "What is 3+3?" in tokenizer.decode(chat.prompt_ids[0]) and chat.texts == ["What is 3+3?"]
 
 
+def test_conversational_jsonl_keeps_the_messages(tmp_path, tokenizer):
+    """A prompt column of chat messages is kept per prompt (for the reward functions); text prompts give None."""
+    conversations = [
+        [{"role": "system", "content": "Answer with a number."}, {"role": "user", "content": "What is 2 + 3?"}],
+        [{"role": "user", "content": "What is 4 + 4?"}],
+        [{"role": "user", "content": "What is 1 + 6?"}],
+    ]
+    path = tmp_path / "chat.jsonl"
+    path.write_text("\n".join(json.dumps({"prompt": m, "answer": str(a)}) for m, a in zip(conversations, [5, 8, 7])))
+    ps = build_prompt_set(load_rows(str(path)), tokenizer)
+    assert ps.prompt_messages == conversations
+    assert ps.texts == ["What is 2 + 3?", "What is 4 + 4?", "What is 1 + 6?"]
+    assert ps.columns == {"answer": ["5", "8", "7"]}  # the prompt column is not repeated as a column
+    assert "Answer with a number." in tokenizer.decode(ps.prompt_ids[0])
+    picked = ps.select([2, 0])
+    assert picked.prompt_messages == [conversations[2], conversations[0]] and picked.texts[0] == "What is 1 + 6?"
+    # data.system_prompt goes first, as the model is prompted
+    briefed = build_prompt_set(load_rows(str(path)), tokenizer, system_prompt="Be brief.")
+    assert briefed.prompt_messages[0] == conversations[0]  # it has a system message already
+    assert briefed.prompt_messages[1] == [{"role": "system", "content": "Be brief."}, *conversations[1]]
+    # text prompts (and a dropped row) keep the lists aligned with the prompts
+    text = build_prompt_set([{"prompt": "What is 2+2?"}, {"prompt": ""}, {"prompt": conversations[1]}], tokenizer)
+    assert text.prompt_messages == [None, conversations[1]] and len(text) == 2 and text.empty == 1
+    assert text.select([0]).prompt_messages == [None]
+
+
 def test_missing_column_is_named(tokenizer):
     with pytest.raises(DataError, match=r"prompt column 'prompt' not in the dataset \(columns: answer, question\)"):
         build_prompt_set([{"question": "x", "answer": "1"}], tokenizer)

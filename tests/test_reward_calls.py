@@ -1,6 +1,7 @@
 """How reward functions are called: TRL's keyword contract, conversational datasets, return types, the start-up
 signature check, hung functions, the all-None warning and plug-in metrics."""
 
+import json
 import logging
 import subprocess
 import sys
@@ -144,6 +145,108 @@ def test_conversational_dataset_gets_messages(tmp_path):
     assert seen["prompts"] == ["p0?", "p0?", "p1", "p1"] and seen["completions"] == FakeRollout.texts
     assert per_fn["text_based"].tolist() == [0.0, 1.0, 0.0, 0.0]
     assert as_text("x") == "x" and as_text([{"role": "assistant", "content": "y"}]) == "y"
+
+
+CONVERSATIONS = [
+    [{"role": "system", "content": "Answer with a number."}, {"role": "user", "content": "What is 2 + 3?"}],
+    [{"role": "user", "content": "What is 4 + 4?"}],
+]
+
+
+def _chat_file(path: Path, rows: list[dict]) -> Path:
+    """A conversational JSONL file: the prompt column holds chat messages."""
+    path.write_text("\n".join(json.dumps(r) for r in rows))
+    return path
+
+
+class AnswerRollout(FakeRollout):
+    texts = ["5", "The answer is 5.", "7", "\\boxed{8}"]
+
+
+def test_conversational_prompt_set_reaches_trl_style_rewards(tmp_path, tokenizer):
+    """A conversational JSONL file through build_prompt_set and score_rollout, as the trainer calls it: a reward
+    written for TRL's conversational format reads the messages, and the built-in rewards score the text inside."""
+    from rlhf.data import build_prompt_set, load_rows
+
+    body = (
+        "seen = {}\n"
+        "def trl_reward(prompts, completions, **kwargs):\n"
+        "    seen.update(prompts=prompts, completions=completions)\n"
+        "    return [float(prompts[i][-1]['content'].endswith('4?') and len(completions[i][0]['content']) > 3)\n"
+        "            for i in range(len(completions))]\n"
+        "def record(prompts, completions, **kwargs):\n"
+        "    seen.update(prompts=prompts, completions=completions)\n"
+        "    return [0.0] * len(completions)\n"
+    )
+    fns = _fns(tmp_path, body, "trl_reward") + build_reward_functions(
+        [
+            RewardSpec(fn="reward_models.numeric:numeric_answer_reward"),
+            RewardSpec(fn="reward_models.math:math_correctness"),
+        ]
+    )
+    seen = sys.modules[fns[0].fn.__module__].seen
+    rows = [{"prompt": CONVERSATIONS[0], "answer": "5"}, {"prompt": CONVERSATIONS[1], "answer": "8"}]
+    ps = build_prompt_set(load_rows(str(_chat_file(tmp_path / "chat.jsonl", rows))), tokenizer)
+    check_reward_signatures(fns, list(ps.columns))
+    total, per_fn, prompts = score_rollout(
+        fns, ps.texts, ps.columns, AnswerRollout(), 2, prompt_messages=ps.prompt_messages
+    )
+    assert seen["prompts"] == [CONVERSATIONS[0]] * 2 + [CONVERSATIONS[1]] * 2
+    assert seen["completions"] == [[{"role": "assistant", "content": t}] for t in AnswerRollout.texts]
+    assert per_fn["trl_reward"].tolist() == [0.0, 0.0, 0.0, 1.0]
+    assert per_fn["numeric_answer_reward"].tolist() == [1.0, 1.0, 0.0, 1.0]
+    assert per_fn["math_correctness"].tolist() == [1.0, 1.0, 0.0, 1.0]
+    assert total.tolist() == [2.0, 2.0, 0.0, 3.0]
+    assert prompts == ["What is 2 + 3?"] * 2 + ["What is 4 + 4?"] * 2  # the texts the logs show
+    # a plain-text prompt set: prompt_messages holds None for each prompt, and the rewards get strings
+    text = build_prompt_set([{"prompt": "What is 2 + 3?", "answer": "5"}], tokenizer)
+    record = _fns(tmp_path, body, "record")
+    score_rollout(record, text.texts, text.columns, FakeRollout(), 4, prompt_messages=text.prompt_messages)
+    seen = sys.modules[record[0].fn.__module__].seen
+    assert seen["prompts"] == ["What is 2 + 3?"] * 4 and seen["completions"] == FakeRollout.texts
+
+
+def test_training_on_a_conversational_file_passes_message_lists(tiny_model_dir, tmp_path):
+    """A short run on a local conversational file: every reward call, in training steps and in the greedy
+    evaluation, gets the prompts and completions as message lists."""
+    from conftest import tiny_run
+
+    from rlhf.config import load_config
+    from rlhf.trainer import Trainer
+
+    system = CONVERSATIONS[0][0]
+    rows = [{"prompt": [system, {"role": "user", "content": f"What is {i} + 3?"}], "answer": i + 3} for i in range(8)]
+    data = _chat_file(tmp_path / "chat.jsonl", rows)
+    rewards = _write(
+        tmp_path,
+        "calls = []\n"
+        "def conversational_reward(prompts, completions, answer, **kwargs):\n"
+        "    assert all(isinstance(p, list) and p[-1]['role'] == 'user' for p in prompts), prompts\n"
+        "    assert all(isinstance(c, list) and c[0]['role'] == 'assistant' for c in completions), completions\n"
+        "    calls.append((prompts, completions, answer))\n"
+        "    return [len(c[0]['content']) / 10.0 for c in completions]\n",
+    )
+    out = tmp_path / "run"
+    over = [
+        *tiny_run(tiny_model_dir, out),
+        f"data.path={data}",
+        "train.max_steps=2",
+        "eval.every=2",
+        "eval.num_samples=2",
+        "eval.max_new_tokens=4",
+        f"rewards=[{{fn: '{rewards}:conversational_reward'}}, {{fn: 'reward_models.numeric:numeric_answer_reward'}}]",
+    ]
+    trainer = Trainer(load_config(REPO / "recipes" / "grpo_arithmetic_smollm2.yaml", over))
+    assert trainer.train_set.prompt_messages and all(m is not None for m in trainer.train_set.prompt_messages)
+    trainer.train()
+    calls = sys.modules[trainer.reward_fns[0].fn.__module__].calls
+    sizes = [len(c[1]) for c in calls]
+    assert sizes.count(8) == 2 and 2 in sizes, sizes  # two steps of 2 prompts x 4 completions; the evaluation of 2
+    for prompts, _, answer in calls:
+        for p, a in zip(prompts, answer):
+            assert p[0] == system and p[-1]["content"] == f"What is {a - 3} + 3?"
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows if "loss/policy" in r] == [1, 2]
 
 
 @pytest.mark.parametrize(

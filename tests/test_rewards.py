@@ -101,6 +101,45 @@ def test_numeric_answer_reward():
     assert numeric_answer_reward(["q"], ["so 1,234 total"], answer=["He has ... #### 1234"]) == [1.0]
 
 
+def _assistant(texts: list[str]) -> list[list[dict]]:
+    return [[{"role": "assistant", "content": t}] for t in texts]
+
+
+def test_builtin_rewards_read_message_list_completions():
+    """From a conversational dataset each completion is [{"role": "assistant", "content": text}] and each prompt a
+    message list: the built-in rewards score the text inside, as for a plain-text dataset."""
+    from reward_models.math import format_reward, math_correctness
+    from reward_models.numeric import numeric_answer_reward
+    from reward_models.shaping import length_penalty, overlong_penalty
+
+    prompts = [[{"role": "system", "content": "Be brief."}, {"role": "user", "content": "What is 12 + 45?"}]] * 4
+    texts = ["The answer is 57.", "\\boxed{57}", "56", "#### 57"]
+    completions = _assistant(texts)
+    gold = ["57"] * 4
+    assert numeric_answer_reward(prompts, completions, answer=gold) == [1.0, 1.0, 0.0, 1.0]
+    assert numeric_answer_reward(prompts, completions, answer=gold) == numeric_answer_reward(prompts, texts, gold)
+    assert math_correctness(prompts, completions, answer=gold) == [1.0, 1.0, 0.0, 1.0]
+    assert math_correctness(prompts, _assistant(["So $\\frac{1}{2}$."]), answer=["0.5"]) == [1.0]
+    assert math_correctness(prompts[:1], _assistant(["57"]), answer=["57"], mode="strict") == [0.0]
+    assert format_reward(prompts, completions) == [0.0, 1.0, 0.0, 0.0] == format_reward(prompts, texts)
+    lengths = [3, 12, 14, 20]
+    overlong = overlong_penalty(prompts, completions, completion_length=lengths, max_tokens=16, buffer=4)
+    assert overlong == [0.0, 0.0, -0.5, -1.0]
+    assert length_penalty(prompts, completions, completion_length=lengths, target=10) == [0.0, -0.2, -0.4, -1.0]
+
+
+def test_reward_model_reads_conversations_as_the_policy_saw_them(tokenizer):
+    """The learned reward model's input from a conversational dataset: the whole prompt conversation (a system
+    message included) and the completion as the assistant turn, the same tokens as the text form gives."""
+    from reward_models.reward_model import encode_pair
+
+    user = [{"role": "user", "content": "What is 2 + 3?"}]
+    assert encode_pair(tokenizer, user, _assistant(["5"])[0]) == encode_pair(tokenizer, "What is 2 + 3?", "5")
+    system = [{"role": "system", "content": "Answer with a number."}, *user]
+    text = tokenizer.decode(encode_pair(tokenizer, system, _assistant(["5"])[0]))
+    assert "Answer with a number." in text and "What is 2 + 3?" in text and text.rstrip().endswith("5<|im_end|>")
+
+
 def test_dapo_overlong_and_length_penalties():
     from reward_models.shaping import length_penalty, overlong_penalty
 
