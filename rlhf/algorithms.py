@@ -17,10 +17,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from rlhf import estimators
-from rlhf.losses import clipped_pg_loss
+from rlhf.losses import cispo_loss, clipped_pg_loss, gspo_loss, gspo_token_loss, sapo_loss
 
 # config keys shared by families of rows
-CLIPPED_MINIBATCH = ("algorithm.clip_low", "algorithm.clip_high", "algorithm.loss_agg", "algorithm.target_kl")
+CLIPPED_MINIBATCH = ("algorithm.loss_agg", "algorithm.target_kl")
 VALUE_MODEL = ("value.model", "value.init_from", "value.lr", "value.coef", "value.warmup_steps")
 KL_IN_REWARD = (
     "algorithm.gamma",
@@ -32,6 +32,9 @@ KL_IN_REWARD = (
     "algorithm.whiten_advantages",
 )
 KL_IN_LOSS = ("algorithm.kl_estimator",)  # the value family reads it through its estimator
+# what the minibatch update reads beside the loss: entropy bonus, truncated importance sampling
+MINIBATCH = ("algorithm.entropy_coef", "algorithm.tis_cap", "algorithm.tis_seq_threshold")
+CLIPPED = ("clip_low", "clip_high", "clip_ratio_c")  # the knobs of clipped_pg_loss and the GSPO losses
 TRPO_STEP = tuple(
     f"algorithm.trpo.{k}"
     for k in ("max_kl", "cg_iters", "damping", "fisher_fraction", "backtrack_steps", "backtrack_ratio")
@@ -45,7 +48,7 @@ class Algorithm:
     estimator: Callable[..., estimators.Advantages]  # (AdvantageInputs, BatchStats, **estimator_knobs)
     estimator_knobs: tuple[str, ...] = ()  # names in `algorithm.*` passed to the estimator as keywords
     policy_loss: Callable = clipped_pg_loss
-    loss_knobs: tuple[str, ...] = ("clip_low", "clip_high")  # names in `algorithm.*` passed to the policy loss
+    loss_knobs: tuple[str, ...] = CLIPPED  # names in `algorithm.*` passed to the policy loss
     value_model: bool = False  # learns V(s_t): a head on the policy's trunk or a separate critic (`value.model`)
     kl: str = "loss"  # "loss": + beta * KL term in the loss (k3 by default); "reward": -beta * KL_t per token (k1)
     update: str = "minibatch"  # "minibatch": mu passes x minibatch optimizer steps; "trpo": natural-gradient step
@@ -76,43 +79,80 @@ ALGORITHMS: dict[str, Algorithm] = {
     "grpo": Algorithm(
         estimators.grpo,
         ("scale_by_std", "std_level"),
-        other_knobs=(*CLIPPED_MINIBATCH, *KL_IN_LOSS),
+        other_knobs=(*CLIPPED_MINIBATCH, *MINIBATCH, *KL_IN_LOSS),
         min_group=2,
         summary="group-normalised advantages (DeepSeekMath, arXiv:2402.03300); Dr. GRPO without the std",
     ),
     "rloo": Algorithm(
         estimators.rloo,
-        other_knobs=(*CLIPPED_MINIBATCH, *KL_IN_LOSS),
+        other_knobs=(*CLIPPED_MINIBATCH, *MINIBATCH, *KL_IN_LOSS),
         min_group=2,
         summary="leave-one-out baseline (arXiv:2402.14740)",
     ),
     "reinforce": Algorithm(
         estimators.reinforce,
         ("gamma",),
-        other_knobs=(*CLIPPED_MINIBATCH, *KL_IN_LOSS),
+        other_knobs=(*CLIPPED_MINIBATCH, *MINIBATCH, *KL_IN_LOSS),
         summary="Monte-Carlo return, no baseline (Williams 1992)",
     ),
     "reinforce_baseline": Algorithm(
         estimators.reinforce_baseline,
         ("gamma",),
-        other_knobs=(*CLIPPED_MINIBATCH, *KL_IN_LOSS),
+        other_knobs=(*CLIPPED_MINIBATCH, *MINIBATCH, *KL_IN_LOSS),
         summary="Monte-Carlo return minus the batch-mean reward",
     ),
     "reinforce_pp": Algorithm(
         estimators.reinforce_pp,
         ("gamma",),
-        other_knobs=(*CLIPPED_MINIBATCH, *KL_IN_LOSS),
+        other_knobs=(*CLIPPED_MINIBATCH, *MINIBATCH, *KL_IN_LOSS),
         summary="returns whitened over the global batch (REINFORCE++, arXiv:2501.03262)",
+    ),
+    "gspo": Algorithm(
+        estimators.grpo,
+        ("scale_by_std", "std_level"),
+        policy_loss=gspo_loss,
+        other_knobs=(*CLIPPED_MINIBATCH, *MINIBATCH, *KL_IN_LOSS),
+        min_group=2,
+        summary="GRPO's advantages, one importance ratio per sequence (geometric mean of its token ratios) clipped "
+        "per sequence (GSPO, arXiv:2507.18071); set clip_low/clip_high to its small range, e.g. 3e-4 / 4e-4",
+    ),
+    "gspo_token": Algorithm(
+        estimators.grpo,
+        ("scale_by_std", "std_level"),
+        policy_loss=gspo_token_loss,
+        other_knobs=(*CLIPPED_MINIBATCH, *MINIBATCH, *KL_IN_LOSS),
+        min_group=2,
+        summary="GSPO-token (arXiv:2507.18071): the sequence ratio's value with per-token gradients",
+    ),
+    "cispo": Algorithm(
+        estimators.grpo,
+        ("scale_by_std", "std_level"),
+        policy_loss=cispo_loss,
+        loss_knobs=("clip_high",),
+        other_knobs=(*CLIPPED_MINIBATCH, *MINIBATCH, *KL_IN_LOSS),
+        min_group=2,
+        summary="GRPO's advantages, the importance weight clipped above and stop-gradiented, every token keeps its "
+        "REINFORCE gradient (CISPO, MiniMax-M1, arXiv:2506.13585)",
+    ),
+    "sapo": Algorithm(
+        estimators.grpo,
+        ("scale_by_std", "std_level"),
+        policy_loss=sapo_loss,
+        loss_knobs=("tau_pos", "tau_neg"),
+        other_knobs=(*CLIPPED_MINIBATCH, *MINIBATCH, *KL_IN_LOSS),
+        min_group=2,
+        summary="GRPO's advantages, a smooth sigmoid gate on the ratio instead of the hard clip (SAPO, "
+        "arXiv:2511.20347)",
     ),
     "ppo": Algorithm(
         **_VALUE_FAMILY,
-        other_knobs=(*CLIPPED_MINIBATCH, *KL_IN_REWARD, *VALUE_MODEL, "value.clip"),
+        other_knobs=(*CLIPPED_MINIBATCH, *MINIBATCH, *KL_IN_REWARD, *VALUE_MODEL, "value.clip"),
         summary="GAE on a learned value, per-token KL in the reward, clipped value loss (Schulman 2017; Ziegler 2019)",
     ),
     "actor_critic": Algorithm(
         **_VALUE_FAMILY,
         loss_knobs=(),
-        other_knobs=("algorithm.loss_agg", *KL_IN_REWARD, *VALUE_MODEL),
+        other_knobs=("algorithm.loss_agg", *MINIBATCH, *KL_IN_REWARD, *VALUE_MODEL),
         one_step=True,
         summary="the PPO advantages, one on-policy gradient step per rollout",
     ),

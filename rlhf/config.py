@@ -211,10 +211,43 @@ class AlgorithmConfig:
     std_level: Literal["group", "batch"] = doc("Std over each prompt's group, or over the whole batch.", "group")
     clip_low: float = doc("Lower clip of the importance ratio: 1 - clip_low (PPO, arXiv:1707.06347).", 0.2)
     clip_high: float = doc("Upper clip: 1 + clip_high; larger than clip_low = DAPO clip-higher.", 0.2)
-    loss_agg: Literal["token-mean", "seq-mean-token-mean", "seq-mean-token-sum-norm"] = doc(
-        "Loss aggregation: mean over all tokens of the batch (global count), mean of per-sequence means, or per-"
-        "sequence sums divided by max_new_tokens (Dr. GRPO).",
+    loss_agg: Literal["token-mean", "seq-mean-token-mean", "seq-mean-token-sum-norm", "seq-mean-token-sum"] = doc(
+        "Loss aggregation: mean over all tokens of the batch (global count), mean of per-sequence means, per-"
+        "sequence sums divided by max_new_tokens (Dr. GRPO), or per-sequence sums averaged over sequences.",
         "token-mean",
+    )
+    clip_ratio_c: float | None = doc(
+        "Dual-clip (Ye et al. 2020, arXiv:1912.09729): the loss of a token with a negative advantage is bounded by "
+        "-c * A, so a huge ratio cannot blow it up; 3.0 is usual, > 1; none = off.",
+        None,
+    )
+    tau_pos: float = doc("SAPO's gate temperature for positive advantages (arXiv:2511.20347).", 1.0)
+    tau_neg: float = doc("SAPO's gate temperature for negative advantages (arXiv:2511.20347).", 1.05)
+    entropy_coef: float = doc(
+        "Entropy bonus: the loss subtracts coef * the policy's entropy over action tokens, aggregated like the loss "
+        "(Williams & Peng 1991; Mnih et al. 2016); 0 = off.",
+        0.0,
+    )
+    tis_cap: float | None = doc(
+        "Off-policy correction between the sampler and the trainer (truncated importance sampling, Yao et al. 2025, "
+        "'Your efficient RL framework secretly brings you off-policy RL training'): each token's loss is weighted by "
+        "min(exp(old_logp - behaviour_logp), cap); none = off. The mismatch is logged either way (rollout/mismatch_*).",
+        None,
+    )
+    tis_seq_threshold: float | None = doc(
+        "With tis_cap: a sequence whose mean k3 KL between the sampler's and the trainer's log-probs exceeds this is "
+        "left out of the loss; none = keep every sequence.",
+        None,
+    )
+    dynamic_sampling: bool = doc(
+        "Dynamic sampling (DAPO, arXiv:2503.14476): drop groups whose rewards are all equal (each reward within "
+        "1e-6 of the group's first) and draw more prompts until the step has its batch; see max_refills.",
+        False,
+    )
+    max_refills: int = doc(
+        "Dynamic sampling: extra draws per step at most; a rank still short trains on the informative groups it has "
+        "(the rest fill the batch with no loss) and a warning says so.",
+        4,
     )
     num_iterations: int = doc("Passes (mu) over each rollout batch against stored old log-probabilities.", 1)
     num_minibatches: int = doc(
@@ -560,6 +593,19 @@ def validate(cfg: Config) -> None:
     need(t.max_bad_steps >= 1, "train.max_bad_steps must be >= 1")
     need(a.beta >= 0, "algorithm.beta must be >= 0")
     need(0 <= a.clip_low < 1, "algorithm.clip_low must be in [0, 1)")
+    need(a.clip_ratio_c is None or a.clip_ratio_c > 1, "algorithm.clip_ratio_c must be > 1 (3.0 is usual) or none")
+    need(a.tau_pos > 0 and a.tau_neg > 0, "algorithm.tau_pos and tau_neg must be > 0")
+    need(a.entropy_coef >= 0, "algorithm.entropy_coef must be >= 0 (0 = off)")
+    need(a.tis_cap is None or a.tis_cap > 0, "algorithm.tis_cap must be > 0 (2.0 is usual) or none")
+    need(
+        a.tis_seq_threshold is None or (a.tis_seq_threshold > 0 and a.tis_cap is not None),
+        "algorithm.tis_seq_threshold must be > 0 and needs algorithm.tis_cap",
+    )
+    need(a.max_refills >= 0, "algorithm.max_refills must be >= 0")
+    need(
+        not a.dynamic_sampling or r.num_generations >= 2,
+        "algorithm.dynamic_sampling drops groups whose rewards are all equal: it needs rollout.num_generations >= 2",
+    )
     need(a.clip_high >= 0, "algorithm.clip_high must be >= 0")
     need(a.num_iterations >= 1, "algorithm.num_iterations must be >= 1")
     need(a.num_minibatches >= 1, "algorithm.num_minibatches must be >= 1")

@@ -19,8 +19,10 @@ def _logits(hidden: Tensor, weight: Tensor, temperature: float) -> Tensor:
 
 
 class _HeadLogprobs(torch.autograd.Function):
-    """log softmax(h W^T / T)[target] and, with_entropy, the entropy (no gradient; else an empty tensor) of one chunk
-    of tokens."""
+    """log softmax(h W^T / T)[target] and, with_entropy, the entropy (else an empty tensor) of one chunk of tokens.
+
+    Both are differentiable. With z the tempered logits, p = softmax(z): d logp[target] / dz = onehot - p and
+    dH / dz = -p * (log p + H); the entropy's term is computed only when a loss uses the entropy (an entropy bonus)."""
 
     @staticmethod
     def forward(ctx, hidden: Tensor, weight: Tensor, targets: Tensor, temperature: float, with_entropy: bool):
@@ -32,17 +34,24 @@ class _HeadLogprobs(torch.autograd.Function):
         # H = log Z - E_p[logit]; scoring passes (reference, pre-update) do not need it
         entropy = lse - (e.mul_(logits)).sum(-1) / z if with_entropy else lse.new_empty(0)
         logprobs = logits.gather(-1, targets[:, None]).squeeze(-1) - lse
-        ctx.save_for_backward(hidden, weight, targets, lse)
+        ctx.save_for_backward(hidden, weight, targets, lse, entropy)
         ctx.temperature = temperature
-        ctx.mark_non_differentiable(entropy)
+        ctx.set_materialize_grads(False)
         return logprobs, entropy
 
     @staticmethod
-    def backward(ctx, grad_logprobs: Tensor, _grad_entropy: Tensor):
-        hidden, weight, targets, lse = ctx.saved_tensors
+    def backward(ctx, grad_logprobs: Tensor | None, grad_entropy: Tensor | None):
+        hidden, weight, targets, lse, entropy = ctx.saved_tensors
+        if grad_logprobs is None:
+            grad_logprobs = lse.new_zeros(lse.shape)
         g = grad_logprobs[:, None]
         # d logprob / d logits = onehot(target) - softmax, both scaled by 1/T through the logits
-        grad = _logits(hidden, weight, ctx.temperature).sub_(lse[:, None]).exp_().mul_(-g)
+        if grad_entropy is None or entropy.numel() == 0:
+            grad = _logits(hidden, weight, ctx.temperature).sub_(lse[:, None]).exp_().mul_(-g)
+        else:  # plus the entropy's: -p * (log p + H) * dL/dH
+            logp = _logits(hidden, weight, ctx.temperature).sub_(lse[:, None])
+            p = logp.exp()
+            grad = p * (-g) - p * (logp + entropy[:, None]) * grad_entropy[:, None]
         grad.scatter_add_(-1, targets[:, None], g)
         if ctx.temperature != 1.0:
             grad.div_(ctx.temperature)
@@ -63,7 +72,7 @@ def token_logprobs(
 
     hidden: [N, H] (any float dtype), weight: [V, H] output head, targets: [N] long.
     Returns logprobs [N] float32 (differentiable w.r.t. hidden and weight) and, if asked, the entropy [N] float32
-    (detached).
+    (differentiable too, for an entropy bonus).
     """
     out, ent = [], []
     for start in range(0, hidden.shape[0], chunk_tokens):

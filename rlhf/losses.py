@@ -290,3 +290,47 @@ def explained_variance(values: Tensor, returns: Tensor, mask: Tensor, moments=ma
         return float("nan")
     _, err_var = moments(returns - values, mask)
     return (1.0 - err_var / r_var).item()
+
+
+def gspo_loss(
+    logprobs: Tensor,
+    old_logprobs: Tensor,
+    advantages: Tensor,
+    mask: Tensor,
+    *,
+    clip_low: float = 3e-4,
+    clip_high: float = 4e-4,
+    clip_ratio_c: float | None = None,
+    agg: str = "token-mean",
+    num_tokens: float | None = None,
+    max_len: int | None = None,
+    num_seqs: float | None = None,
+) -> tuple[Tensor, dict[str, Tensor]]:
+    """GSPO (Zheng et al. 2025, arXiv:2507.18071): the clipped surrogate with one importance ratio per sequence, the
+    geometric mean of its token ratios, clipped with GSPO's own, much smaller range (the paper: 3e-4 / 4e-4)."""
+    return clipped_pg_loss(
+        logprobs, old_logprobs, advantages, mask, clip_low, clip_high, agg, num_tokens, max_len, num_seqs,
+        clip_ratio_c=clip_ratio_c, importance_sampling_level="sequence",
+    )  # fmt: skip
+
+
+def gspo_token_loss(
+    logprobs: Tensor,
+    old_logprobs: Tensor,
+    advantages: Tensor,
+    mask: Tensor,
+    *,
+    clip_low: float = 3e-4,
+    clip_high: float = 4e-4,
+    clip_ratio_c: float | None = None,
+    agg: str = "token-mean",
+    num_tokens: float | None = None,
+    max_len: int | None = None,
+    num_seqs: float | None = None,
+) -> tuple[Tensor, dict[str, Tensor]]:
+    """GSPO-token (arXiv:2507.18071): the sequence ratio's value with each token's own gradient, so per-token
+    advantages (e.g. multi-turn credit) can still differ within a sequence."""
+    return clipped_pg_loss(
+        logprobs, old_logprobs, advantages, mask, clip_low, clip_high, agg, num_tokens, max_len, num_seqs,
+        clip_ratio_c=clip_ratio_c, importance_sampling_level="sequence-token",
+    )  # fmt: skip

@@ -21,7 +21,7 @@ __all__ = ["RUN_OVERHEAD_TOKENS", "Policy", "PolicyOutput", "completion_states",
 @dataclass
 class PolicyOutput:
     logprobs: Tensor  # [B, C] float32, 0 where action_mask is 0
-    entropy: Tensor | None  # [B, C] float32 (detached), 0 where action_mask is 0
+    entropy: Tensor | None  # [B, C] float32 (differentiable), 0 where action_mask is 0
     values: Tensor | None = None  # [B, C] float32 V(s_t), 0 where action_mask is 0
 
 

@@ -33,6 +33,7 @@ from rlhf.distributed import (
     make_accelerator,
     zero_stage,
 )
+from rlhf.dynamic_sampling import Draw, collect_informative
 from rlhf.estimators import AdvantageInputs, BatchStats
 from rlhf.kl_control import KLController, RunningMoments
 from rlhf.models import count_parameters, load_policy, load_tokenizer, reference_policy
@@ -156,6 +157,9 @@ class Trainer:
             value_clip=cfg.value.clip if "value.clip" in spec.knobs else 0.0,
             uses_value=spec.value_model,
             max_grad_norm=cfg.optim.max_grad_norm,
+            entropy_coef=a.entropy_coef,
+            tis_cap=a.tis_cap,
+            tis_seq_threshold=a.tis_seq_threshold,
         )
 
     def resume(self) -> int:
@@ -207,30 +211,34 @@ class Trainer:
             for step in range(self.start_step + 1, t.max_steps + 1):
                 t_step = time.perf_counter()
                 metrics: dict[str, float] = {}
-                # 1. this rank's prompts: every rank draws the same global order and takes its own whole groups
-                global_idx = self.sampler.take(t.prompts_per_step * a.num_minibatches)
-                k = self.prompts_per_rank * a.num_minibatches
-                prompt_idx = global_idx[acc.process_index * k : (acc.process_index + 1) * k]
-
-                # 2. rollout
-                t0 = time.perf_counter()
-                roll, ps = self.rollout(prompt_idx)
-                metrics["time/rollout"] = time.perf_counter() - t0
+                # 1-3. this rank's prompts, their episodes (rollout engine) and rewards; with dynamic sampling, drawn
+                # again while a rank lacks groups whose rewards differ
+                if a.dynamic_sampling:
+                    d, dyn = collect_informative(
+                        self.draw,
+                        self.prompts_per_rank * a.num_minibatches,
+                        a.max_refills,
+                        any_rank=lambda flag: all_sum(acc, float(flag)).item() > 0,
+                        total=lambda x: all_sum(acc, float(x)).item(),
+                        pad_id=self.tokenizer.pad_token_id,
+                    )
+                    metrics.update(dyn)
+                else:
+                    d = self.draw()
+                roll, rewards, per_fn, prompts = d.rollout, d.rewards, d.per_fn, d.prompts
+                metrics["time/rollout"], metrics["time/reward"] = d.time_rollout, d.time_reward
                 gen_tokens = all_sum(acc, roll.action_mask.sum()).item()
                 metrics["throughput/gen_tokens_per_s"] = (
                     gen_tokens / max(metrics["time/rollout"], 1e-9) / acc.num_processes
                 )
-
-                # 3. rewards
-                t0 = time.perf_counter()
-                rewards, per_fn, prompts = score_rollout(self.reward_fns, ps.texts, ps.columns, roll, roll.group_size)
-                metrics["time/reward"] = time.perf_counter() - t0
 
                 # 4. reference and pre-update log-probs, rollout-time values (each only when needed)
                 t0 = time.perf_counter()
                 loss_mask = roll.action_mask.clone()
                 if r.mask_truncated:
                     loss_mask[roll.truncated] = 0
+                if d.trainable is not None:  # groups that only fill the batch (dynamic sampling ran short)
+                    loss_mask[~d.trainable] = 0
                 batch = StepBatch(roll, torch.zeros_like(roll.logprobs), loss_mask)
                 if a.beta > 0:
                     batch.ref_logprobs = self.scored_logprobs(batch, reference=True)
@@ -292,6 +300,21 @@ class Trainer:
         return last_metrics
 
     # ------------------------------------------------------------------------------------------------ the steps
+    def draw(self) -> Draw:
+        """Steps 1-3 once: this rank's prompts (every rank draws the same global order and takes its own whole
+        groups), their episodes and their rewards."""
+        t, a, acc = self.cfg.train, self.cfg.algorithm, self.accelerator
+        global_idx = self.sampler.take(t.prompts_per_step * a.num_minibatches)
+        k = self.prompts_per_rank * a.num_minibatches
+        prompt_idx = global_idx[acc.process_index * k : (acc.process_index + 1) * k]
+        t0 = time.perf_counter()
+        roll, ps = self.rollout(prompt_idx)
+        t1 = time.perf_counter()
+        rewards, per_fn, prompts = score_rollout(
+            self.reward_fns, ps.texts, ps.columns, roll, roll.group_size, prompt_messages=ps.prompt_messages
+        )
+        return Draw(roll, rewards, per_fn, prompts, t1 - t0, time.perf_counter() - t1)
+
     def rollout(self, prompt_idx: list[int]) -> tuple[Rollout, object]:
         """Step 2: G episodes for each of this rank's prompts, through the engine."""
         r = self.cfg.rollout

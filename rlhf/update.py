@@ -15,8 +15,14 @@ import torch
 from torch import Tensor
 
 from rlhf.batch import StepBatch
-from rlhf.distributed import all_sum, is_deepspeed
-from rlhf.losses import aggregate, clipped_value_loss, kl_penalty, masked_mean
+from rlhf.distributed import all_gather_cat, all_sum, is_deepspeed
+from rlhf.losses import aggregate, clipped_value_loss, entropy_bonus, kl_penalty, masked_mean
+from rlhf.offpolicy import rollout_mismatch, tis_weights
+
+
+def all_max(accelerator, x: float) -> float:
+    """The largest of a number over ranks."""
+    return all_gather_cat(accelerator, torch.tensor([float(x)])).max().item()
 
 
 @dataclass(frozen=True)
@@ -38,6 +44,9 @@ class UpdateSettings:
     value_clip: float = 0.0
     uses_value: bool = False
     max_grad_norm: float = 1.0
+    entropy_coef: float = 0.0  # entropy bonus: the loss subtracts coef * the aggregated entropy of action tokens
+    tis_cap: float | None = None  # truncated importance sampling between sampler and trainer (rlhf.offpolicy)
+    tis_seq_threshold: float | None = None
 
 
 @contextlib.contextmanager
@@ -90,8 +99,18 @@ class Updater:
                         lp = out.logprobs
                         old = lp.detach() if mb.old_logprobs is None else mb.old_logprobs
                         agg = dict(agg=s.loss_agg, num_tokens=n_tokens, max_len=s.max_len, num_seqs=n_seqs)
-                        loss, pg = s.policy_loss(lp, old, mb.advantages, mb.loss_mask, **agg, **s.loss_knobs)
-                        total = loss * 0.0 if warmup else loss
+                        adv = mb.advantages
+                        if s.tis_cap is not None:  # weight = min(exp(old - behaviour), cap): >= 0, so it scales A
+                            w, tis = tis_weights(old, mb.rollout.logprobs, mb.loss_mask, s.tis_cap, s.tis_seq_threshold)
+                            adv = adv * w
+                            sums.weighted(tis, mb.loss_mask.sum().item())
+                        loss, pg = s.policy_loss(lp, old, adv, mb.loss_mask, **agg, **s.loss_knobs)
+                        if s.entropy_coef:
+                            bonus = entropy_bonus(out.entropy, mb.loss_mask, **agg)
+                            loss_and_bonus = loss - s.entropy_coef * bonus
+                        else:
+                            loss_and_bonus = loss
+                        total = loss_and_bonus * 0.0 if warmup else loss_and_bonus
                         kl_loss = v_loss = torch.zeros(())
                         if mb.ref_logprobs is not None and s.kl_in_loss:
                             kl_loss = aggregate(kl_penalty(lp, mb.ref_logprobs, s.kl_estimator), mb.loss_mask, **agg)
@@ -106,6 +125,8 @@ class Updater:
                         if steps.backward_and_step(total * scale, self.policy, self.scheduler, s.max_grad_norm):
                             self.on_step()
                     w = sums.micro_batch(mb, out, loss, kl_loss, v_loss, pg)
+                    if sums.passes < s.num_minibatches:  # the first pass: pre-update log-probs vs the sampler's
+                        sums.mismatch(old, mb.rollout.logprobs, mb.loss_mask)
                     mb_kl += pg["approx_kl"].item() * w
                 sums.passes += 1
                 # early stop (target_kl): this minibatch moved the policy too far from the rollout policy
@@ -167,9 +188,27 @@ class MetricSums:
         self.acc = accelerator
         self.sums = dict.fromkeys((*self.KEYS, "value/clipfrac", "policy/rollout_logprob_gap"), 0.0)
         self.tokens, self.passes = 0.0, 0
+        self.extra: dict[str, float] = {}  # token-weighted sums of loss-specific metrics (tis/*)
+        self.extra_tokens = 0.0
+        self.mismatch_tokens, self.mismatch_sums, self.mismatch_max = 0.0, [0.0, 0.0], 0.0
 
     def add(self, key: str, value: float) -> None:
         self.sums[key] += value
+
+    def weighted(self, means: dict, weight: float) -> None:
+        """Add metric means (scalar tensors) weighted by a token count; reported as token-weighted means."""
+        for key, value in means.items():
+            self.extra[key] = self.extra.get(key, 0.0) + float(value) * weight
+        self.extra_tokens += weight
+
+    def mismatch(self, old: Tensor, behaviour: Tensor, mask: Tensor) -> None:
+        """How far the trainer's pre-update log-probs are from the sampler's on the same tokens."""
+        m = rollout_mismatch(old.detach(), behaviour, mask)
+        n = mask.sum().item()
+        self.mismatch_tokens += n
+        self.mismatch_sums[0] += m["rollout/mismatch_abs_mean"].item() * n
+        self.mismatch_sums[1] += m["rollout/mismatch_kl"].item() * n
+        self.mismatch_max = max(self.mismatch_max, m["rollout/mismatch_abs_max"].item())
 
     def micro_batch(self, mb: StepBatch, out, loss: Tensor, kl_loss: Tensor, v_loss: Tensor, pg: dict) -> float:
         """Add one micro-batch's numbers; returns its token count."""
@@ -206,4 +245,11 @@ class MetricSums:
             m["policy/early_stopped"] = float(early_stop)
         if steps.grad_norms:
             m["optim/grad_norm"] = sum(steps.grad_norms) / len(steps.grad_norms)
+        n = max(all_sum(self.acc, self.mismatch_tokens).item(), 1.0)
+        m["rollout/mismatch_abs_mean"] = all_sum(self.acc, self.mismatch_sums[0]).item() / n
+        m["rollout/mismatch_kl"] = all_sum(self.acc, self.mismatch_sums[1]).item() / n
+        m["rollout/mismatch_abs_max"] = all_max(self.acc, self.mismatch_max)
+        if self.extra:
+            n_extra = max(all_sum(self.acc, self.extra_tokens).item(), 1.0)
+            m.update({k: all_sum(self.acc, v).item() / n_extra for k, v in self.extra.items()})
         return m

@@ -37,3 +37,23 @@ def reward_len(completions, **kwargs):
 def reward_num_tokens(completion_ids, **kwargs):
     # TRL style, reading the token ids of each completion
     return [float(len(ids)) for ids in completion_ids]
+
+
+def odd_answers_only(prompts, completions, answer, **columns):
+    """Varies within a group only for problems whose answer is odd; every other group is all zeros (uninformative),
+    so dynamic sampling has groups to drop."""
+    return [len(c) / 10.0 if int(a) % 2 else 0.0 for c, a in zip(completions, answer)]
+
+
+def constant_on_rank_one(prompts, completions, **columns):
+    """Varies on rank 0; on rank 1 every group's rewards are equal, so that rank stays short under dynamic sampling."""
+    import os
+
+    if os.environ.get("RANK", "0") == "1":
+        return [1.0] * len(completions)
+    return [len(c) / 10.0 for c in completions]
+
+
+def constant_reward(prompts, completions, **columns):
+    """The same reward for everything: every advantage is zero."""
+    return [1.0] * len(completions)
