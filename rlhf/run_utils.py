@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import random
@@ -9,6 +10,7 @@ import shlex
 import signal
 import sys
 import threading
+from collections.abc import Iterator
 
 import numpy as np
 import torch
@@ -38,19 +40,49 @@ def lr_lambda(schedule: str, warmup: int, total: int):
     return f
 
 
-class StopRequest:
-    """SIGTERM (pre-emption) or Ctrl-C: finish the current step, save a checkpoint, exit cleanly."""
+class StopNow(BaseException):
+    """Raised by the signal handler inside an abortable stage: the current step's unfinished work is dropped.
 
-    def __init__(self):
+    A BaseException, so that no `except Exception` on the way (a reward wrapper, a library) can swallow it."""
+
+
+class StopRequest:
+    """SIGTERM (pre-emption) or Ctrl-C: save a checkpoint and exit cleanly, within seconds.
+
+    Outside an abortable stage the request is a flag the loop checks at its next stage boundary (the update, which
+    changes the weights, always runs to its end: a few seconds). Inside `abortable()` (the stages before the update
+    and the evaluation, where the weights are those of the last completed step) a request raises StopNow at once, so a
+    long rollout or evaluation never holds a pre-empted run past its grace period. With several processes the handler
+    only sets the flag (raising mid-collective would leave the other ranks waiting); the ranks agree on it at fixed
+    points with a sum over ranks."""
+
+    def __init__(self, can_abort: bool = True):
         self.requested, self.name, self._old = False, "", {}
+        self.can_abort, self._abortable = can_abort, False
         if threading.current_thread() is threading.main_thread():
             for sig in (signal.SIGTERM, signal.SIGINT):
                 self._old[sig] = signal.signal(sig, self._handle)
 
     def _handle(self, signum, frame) -> None:
-        if self.requested and signum == signal.SIGINT:
+        if self.requested and signum == signal.SIGINT and not self._abortable:
             raise KeyboardInterrupt  # a second Ctrl-C means now
         self.requested, self.name = True, signal.Signals(signum).name
+        if self._abortable:
+            raise StopNow(self.name)
+
+    @contextlib.contextmanager
+    def abortable(self) -> Iterator[None]:
+        """A stage whose work may be dropped on a stop request (single process only; elsewhere a no-op)."""
+        if not self.can_abort or not self._old:
+            yield
+            return
+        if self.requested:
+            raise StopNow(self.name)
+        self._abortable = True
+        try:
+            yield
+        finally:
+            self._abortable = False
 
     def restore(self) -> None:
         for sig, handler in self._old.items():
