@@ -10,6 +10,7 @@ never branches on an algorithm's name.
 
 from __future__ import annotations
 
+import copy
 import logging
 import math
 import time
@@ -23,6 +24,7 @@ from rlhf.algorithms import get_algorithm
 from rlhf.batch import StepBatch
 from rlhf.build import build_datasets, build_optimizer, build_value_model
 from rlhf.checkpoint import apply_hyperparameters, load_checkpoint, read_checkpoint_config, resolve_resume
+from rlhf.checkpoint_state import rng_state, set_rng_state
 from rlhf.config import Config, ConfigError, check_world, save_config, to_dict
 from rlhf.data import PromptSampler
 from rlhf.distributed import (
@@ -42,7 +44,7 @@ from rlhf.policy import RUN_OVERHEAD_TOKENS, Policy
 from rlhf.rewards import build_reward_functions, check_reward_signatures, reward_metrics, score_rollout
 from rlhf.rollout import Rollout, SamplingParams, build_engine
 from rlhf.run_dir import append_history, check_resume_config, claim_output_dir
-from rlhf.run_utils import StopRequest, flat_config, progress_bar, seed_everything
+from rlhf.run_utils import StopNow, StopRequest, flat_config, progress_bar, seed_everything
 from rlhf.tracking import MetricsWriter, available_trackers, truncate_metrics_file
 from rlhf.trpo import trpo_update
 from rlhf.update import Updater, UpdateSettings, zero_lr
@@ -198,55 +200,33 @@ class Trainer:
     # ------------------------------------------------------------------------------------------------ the loop
     def train(self) -> dict:
         cfg, acc, spec = self.cfg, self.accelerator, self.spec
-        t, a, r = cfg.train, cfg.algorithm, cfg.rollout
-        on_policy = a.num_iterations == 1 and a.num_minibatches == 1
+        t, a = cfg.train, cfg.algorithm
         last_metrics: dict = {}
         bar = progress_bar(t.max_steps, self.start_step, cfg.logging.progress_bar and self.is_main, a.name)
-        bad_steps, stop = 0, StopRequest()
+        bad_steps, stop = 0, StopRequest(can_abort=acc.num_processes == 1)
         try:
             if self.eval_set is not None and self.start_step == 0:
-                last_metrics.update(self.evaluate(step=0))
+                try:
+                    with stop.abortable():
+                        last_metrics.update(self.evaluate(step=0))
+                except StopNow:
+                    return self.stop_before(1, self.step_start_state(), stop, last_metrics)
             t_start, step = time.perf_counter(), self.start_step
 
             for step in range(self.start_step + 1, t.max_steps + 1):
                 t_step = time.perf_counter()
                 metrics: dict[str, float] = {}
-                # 1-3. this rank's prompts, their episodes (rollout engine) and rewards; with dynamic sampling, drawn
-                # again while a rank lacks groups whose rewards differ
-                if a.dynamic_sampling:
-                    d, dyn = collect_informative(
-                        self.draw,
-                        self.prompts_per_rank * a.num_minibatches,
-                        a.max_refills,
-                        any_rank=lambda flag: all_sum(acc, float(flag)).item() > 0,
-                        total=lambda x: all_sum(acc, float(x)).item(),
-                        pad_id=self.tokenizer.pad_token_id,
-                    )
-                    metrics.update(dyn)
-                else:
-                    d = self.draw()
+                before = self.step_start_state()
+                # 1-4. prompts, episodes, rewards, reference and pre-update log-probs: the weights are still those of
+                # the last completed step, so on a stop request this work is dropped and that step saved
+                try:
+                    with stop.abortable():
+                        d, batch = self.collect(metrics)
+                except StopNow:
+                    return self.stop_before(step, before, stop, last_metrics)
+                if acc.num_processes > 1 and all_sum(acc, float(stop.requested)).item() > 0:
+                    return self.stop_before(step, before, stop, last_metrics)  # every rank agrees at this point
                 roll, rewards, per_fn, prompts = d.rollout, d.rewards, d.per_fn, d.prompts
-                metrics["time/rollout"], metrics["time/reward"] = d.time_rollout, d.time_reward
-                gen_tokens = all_sum(acc, roll.action_mask.sum()).item()
-                metrics["throughput/gen_tokens_per_s"] = (
-                    gen_tokens / max(metrics["time/rollout"], 1e-9) / acc.num_processes
-                )
-
-                # 4. reference and pre-update log-probs, rollout-time values (each only when needed)
-                t0 = time.perf_counter()
-                loss_mask = roll.action_mask.clone()
-                if r.mask_truncated:
-                    loss_mask[roll.truncated] = 0
-                if d.trainable is not None:  # groups that only fill the batch (dynamic sampling ran short)
-                    loss_mask[~d.trainable] = 0
-                batch = StepBatch(roll, torch.zeros_like(roll.logprobs), loss_mask)
-                if a.beta > 0:
-                    batch.ref_logprobs = self.scored_logprobs(batch, reference=True)
-                if spec.value_model:
-                    batch.old_logprobs, batch.old_values = self.scored_logprobs(batch, reference=False, values=True)
-                elif not on_policy:
-                    batch.old_logprobs = self.scored_logprobs(batch, reference=False)
-                metrics["time/ref"] = time.perf_counter() - t0
 
                 # 5. advantages, [B, C] per token, by the algorithm's estimator
                 est = self.advantages(rewards, batch)
@@ -275,7 +255,11 @@ class Trainer:
                 ) >= (t.max_minutes or 0)
                 last = step == t.max_steps or time_up
                 if self.eval_set is not None and (step % cfg.eval.every == 0 or last):
-                    metrics.update(self.evaluate(step=None))
+                    try:
+                        with stop.abortable():
+                            metrics.update(self.evaluate(step=None))
+                    except StopNow:  # the step trained: it is logged and saved below, without its evaluation
+                        log.warning("stop requested (%s): the evaluation of step %d is dropped", stop.name, step)
                 self.writer.log(metrics, step)
                 last_metrics.update(metrics)
                 self.outputs.step_done(step, metrics, prompts, roll, rewards, bar)
@@ -300,6 +284,66 @@ class Trainer:
         return last_metrics
 
     # ------------------------------------------------------------------------------------------------ the steps
+    def collect(self, metrics: dict) -> tuple[Draw, StepBatch]:
+        """Steps 1-4: this rank's prompts, their episodes (rollout engine) and rewards (with dynamic sampling, drawn
+        again while a rank lacks groups whose rewards differ), then the reference and pre-update log-probs and the
+        rollout-time values, each only when needed. Adds the stage timings to `metrics`."""
+        acc, a, r, spec = self.accelerator, self.cfg.algorithm, self.cfg.rollout, self.spec
+        if a.dynamic_sampling:
+            d, dyn = collect_informative(
+                self.draw,
+                self.prompts_per_rank * a.num_minibatches,
+                a.max_refills,
+                any_rank=lambda flag: all_sum(acc, float(flag)).item() > 0,
+                total=lambda x: all_sum(acc, float(x)).item(),
+                pad_id=self.tokenizer.pad_token_id,
+            )
+            metrics.update(dyn)
+        else:
+            d = self.draw()
+        roll = d.rollout
+        metrics["time/rollout"], metrics["time/reward"] = d.time_rollout, d.time_reward
+        gen_tokens = all_sum(acc, roll.action_mask.sum()).item()
+        metrics["throughput/gen_tokens_per_s"] = gen_tokens / max(metrics["time/rollout"], 1e-9) / acc.num_processes
+
+        t0 = time.perf_counter()
+        loss_mask = roll.action_mask.clone()
+        if r.mask_truncated:
+            loss_mask[roll.truncated] = 0
+        if d.trainable is not None:  # groups that only fill the batch (dynamic sampling ran short)
+            loss_mask[~d.trainable] = 0
+        batch = StepBatch(roll, torch.zeros_like(roll.logprobs), loss_mask)
+        if a.beta > 0:
+            batch.ref_logprobs = self.scored_logprobs(batch, reference=True)
+        if spec.value_model:
+            batch.old_logprobs, batch.old_values = self.scored_logprobs(batch, reference=False, values=True)
+        elif not (a.num_iterations == 1 and a.num_minibatches == 1):  # on-policy: the update's own forward serves
+            batch.old_logprobs = self.scored_logprobs(batch, reference=False)
+        metrics["time/ref"] = time.perf_counter() - t0
+        return d, batch
+
+    def step_start_state(self) -> tuple[dict, dict]:
+        """What a dropped step must put back: the sampler's position and this rank's RNGs."""
+        return copy.deepcopy(self.sampler.state_dict()), rng_state()
+
+    def stop_before(self, step: int, before: tuple[dict, dict], stop: StopRequest, last_metrics: dict) -> dict:
+        """A stop request during steps 1-4 of `step` (or the step-0 evaluation): the step's work is dropped, the
+        sampler and RNGs go back to where it began, and the last completed step is saved (unless it already is), so
+        a resumed run continues exactly as an uninterrupted one."""
+        sampler_state, rng = before
+        self.sampler.load_state_dict(sampler_state)
+        set_rng_state(rng)
+        done = step - 1
+        log.warning(
+            "stop requested (%s) during step %d: its unfinished work is dropped; saving step %d and exiting",
+            stop.name,
+            step,
+            done,
+        )
+        if not (self.out / "checkpoints" / f"step-{done:06d}" / "COMPLETE").is_file():
+            self.outputs.save(done)
+        return last_metrics
+
     def draw(self) -> Draw:
         """Steps 1-3 once: this rank's prompts (every rank draws the same global order and takes its own whole
         groups), their episodes and their rewards."""

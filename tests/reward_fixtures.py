@@ -57,3 +57,22 @@ def constant_on_rank_one(prompts, completions, **columns):
 def constant_reward(prompts, completions, **columns):
     """The same reward for everything: every advantage is zero."""
     return [1.0] * len(completions)
+
+
+_stop_calls = {"n": 0}
+
+
+def sigterm_on_call(prompts, completions, **columns):
+    """Sends SIGTERM to this process on call number $SIGTERM_ON_CALL, then hangs: a long stage (rollout, reward,
+    evaluation) that a pre-empted run must not wait for."""
+    import os
+    import signal
+    import time
+
+    _stop_calls["n"] += 1
+    if _stop_calls["n"] == int(os.environ.get("SIGTERM_ON_CALL", "0")):
+        with open(os.environ["SIGTERM_STAMP"], "w") as f:
+            f.write(str(time.time()))
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(600)
+    return [len(c) / 10.0 for c in completions]
