@@ -11,6 +11,7 @@ import torch
 from rlhf.config import Config
 from rlhf.data import arithmetic_problems, build_prompt_set, load_eval_rows, load_rows, rename_columns
 from rlhf.run_utils import lr_lambda
+from rlhf.update import UpdateSettings
 
 log = logging.getLogger("rlhf")
 
@@ -75,3 +76,28 @@ def build_optimizer(cfg: Config, policy_params: list, value_params: list | None)
     # dataloader; here it steps once per optimizer step.
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(o.schedule, o.warmup_steps, total_updates))
     return optimizer, scheduler
+
+
+def build_update_settings(cfg: Config, spec) -> UpdateSettings:
+    """What the minibatch update reads, from the recipe and the algorithm's row."""
+    a = cfg.algorithm
+    return UpdateSettings(
+        policy_loss=spec.policy_loss,
+        loss_knobs={k: getattr(a, k) for k in spec.loss_knobs},
+        num_iterations=a.num_iterations,
+        num_minibatches=a.num_minibatches,
+        micro_batch_size=cfg.train.micro_batch_size,
+        loss_agg=a.loss_agg,
+        max_len=cfg.rollout.max_new_tokens,
+        beta=a.beta,
+        kl_in_loss=spec.kl == "loss",
+        kl_estimator=a.kl_estimator or spec.default_kl_estimator,
+        target_kl=a.target_kl,
+        value_coef=cfg.value.coef,
+        value_clip=cfg.value.clip if "value.clip" in spec.knobs else 0.0,
+        uses_value=spec.value_model,
+        max_grad_norm=cfg.optim.max_grad_norm,
+        entropy_coef=a.entropy_coef,
+        tis_cap=a.tis_cap,
+        tis_seq_threshold=a.tis_seq_threshold,
+    )

@@ -7,11 +7,14 @@ import logging
 from collections.abc import Callable
 from pathlib import Path
 
+import torch
 from torch import Tensor
 
 from rlhf import __version__
 from rlhf.checkpoint import save_adapter, save_checkpoint
 from rlhf.config import to_dict
+from rlhf.distributed import all_gather_cat, all_sum
+from rlhf.rewards import reward_metrics
 from rlhf.run_utils import command_line
 from rlhf.tracking import MetricsWriter, console_line, format_samples
 
@@ -129,3 +132,27 @@ class RunOutputs:
                 log.info("plots written to %s", paths[0].parent)
         except ImportError as e:  # plotting is a convenience; a missing matplotlib must not fail a finished run
             log.warning("no plots: %s (pip install matplotlib)", e)
+
+
+def rollout_metrics(acc, roll, rewards: Tensor, per_fn: dict[str, Tensor], reward_fns: list) -> dict:
+    """The step's reward and completion metrics over every rank, and what reward plug-ins count."""
+    everyone = all_gather_cat(acc, rewards)
+    group_std = everyone.view(-1, roll.group_size).std(dim=1)
+    lengths = all_gather_cat(acc, roll.lengths.float())
+    truncated = all_gather_cat(acc, roll.truncated.float())
+    m = {
+        "reward/mean": everyone.mean().item(),
+        "reward/std": everyone.std().item() if everyone.numel() > 1 else 0.0,
+        "frac_reward_zero_std": (group_std < 1e-6).float().mean().item(),
+        "completion/mean_len": lengths.mean().item(),
+        "completion/max_len": lengths.max().item(),
+        "completion/clipped_frac": truncated.mean().item(),
+    }
+    for rf in reward_fns:
+        vals = all_gather_cat(acc, per_fn[rf.name])
+        ok = ~torch.isnan(vals)
+        m[f"reward/{rf.name}/mean"] = vals[ok].mean().item() if ok.any() else float("nan")
+        m[f"reward/{rf.name}/errors"] = all_sum(acc, rf.errors).item()
+    for key, value in reward_metrics(reward_fns).items():  # what plug-ins count (e.g. verifier time-outs)
+        m[key] = all_sum(acc, value).item()
+    return m

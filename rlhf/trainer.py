@@ -22,7 +22,7 @@ from torch import Tensor
 from rlhf.accuracy import greedy_eval
 from rlhf.algorithms import get_algorithm
 from rlhf.batch import StepBatch
-from rlhf.build import build_datasets, build_optimizer, build_value_model
+from rlhf.build import build_datasets, build_optimizer, build_update_settings, build_value_model
 from rlhf.checkpoint import apply_hyperparameters, load_checkpoint, read_checkpoint_config, resolve_resume
 from rlhf.checkpoint_state import rng_state, set_rng_state
 from rlhf.config import Config, ConfigError, check_world, save_config, to_dict
@@ -39,15 +39,15 @@ from rlhf.dynamic_sampling import Draw, collect_informative
 from rlhf.estimators import AdvantageInputs, BatchStats
 from rlhf.kl_control import KLController, RunningMoments
 from rlhf.models import count_parameters, load_policy, load_tokenizer, reference_policy
-from rlhf.outputs import RunOutputs
+from rlhf.outputs import RunOutputs, rollout_metrics
 from rlhf.policy import RUN_OVERHEAD_TOKENS, Policy
-from rlhf.rewards import build_reward_functions, check_reward_signatures, reward_metrics, score_rollout
+from rlhf.rewards import build_reward_functions, check_reward_signatures, score_rollout
 from rlhf.rollout import Rollout, SamplingParams, build_engine
 from rlhf.run_dir import append_history, check_resume_config, claim_output_dir
 from rlhf.run_utils import StopNow, StopRequest, flat_config, progress_bar, seed_everything
 from rlhf.tracking import MetricsWriter, available_trackers, truncate_metrics_file
 from rlhf.trpo import trpo_update
-from rlhf.update import Updater, UpdateSettings, zero_lr
+from rlhf.update import Updater, zero_lr
 
 __all__ = ["StepBatch", "Trainer", "zero_lr"]
 
@@ -122,7 +122,7 @@ class Trainer:
             batch_size=r.batch_size,
         )  # fmt: skip
         self.updater = Updater(
-            acc, self.policy, self.optimizer, self.scheduler, self.update_settings(), self.policy_logprobs,
+            acc, self.policy, self.optimizer, self.scheduler, build_update_settings(cfg, spec), self.policy_logprobs,
             self.engine.weights_updated,
         )  # fmt: skip
         self.start_step = self.resume()
@@ -140,29 +140,6 @@ class Trainer:
             "kl_ctl": self.kl_ctl.state_dict(),
             "reward_stats": self.reward_stats.state_dict(),
         }
-
-    def update_settings(self) -> UpdateSettings:
-        cfg, spec, a = self.cfg, self.spec, self.cfg.algorithm
-        return UpdateSettings(
-            policy_loss=spec.policy_loss,
-            loss_knobs={k: getattr(a, k) for k in spec.loss_knobs},
-            num_iterations=a.num_iterations,
-            num_minibatches=a.num_minibatches,
-            micro_batch_size=cfg.train.micro_batch_size,
-            loss_agg=a.loss_agg,
-            max_len=cfg.rollout.max_new_tokens,
-            beta=a.beta,
-            kl_in_loss=spec.kl == "loss",
-            kl_estimator=a.kl_estimator or spec.default_kl_estimator,
-            target_kl=a.target_kl,
-            value_coef=cfg.value.coef,
-            value_clip=cfg.value.clip if "value.clip" in spec.knobs else 0.0,
-            uses_value=spec.value_model,
-            max_grad_norm=cfg.optim.max_grad_norm,
-            entropy_coef=a.entropy_coef,
-            tis_cap=a.tis_cap,
-            tis_seq_threshold=a.tis_seq_threshold,
-        )
 
     def resume(self) -> int:
         """Restore the newest usable checkpoint when asked; returns the step to continue after (0 = fresh)."""
@@ -247,7 +224,7 @@ class Trainer:
                 metrics["time/train"] = time.perf_counter() - t0
 
                 # 7. log, evaluate, checkpoint
-                metrics.update(self.rollout_metrics(roll, rewards, per_fn))
+                metrics.update(rollout_metrics(acc, roll, rewards, per_fn, self.reward_fns))
                 metrics["time/step"] = time.perf_counter() - t_step
                 # the time budget is agreed over ranks so that every rank stops after the same step
                 time_up = bool(t.max_minutes) and all_sum(acc, time.perf_counter() - t_start).item() / (
@@ -448,29 +425,6 @@ class Trainer:
             )
             self.engine.weights_updated()
         return metrics
-
-    def rollout_metrics(self, roll: Rollout, rewards: Tensor, per_fn: dict[str, Tensor]) -> dict:
-        acc = self.accelerator
-        everyone = all_gather_cat(acc, rewards)
-        group_std = everyone.view(-1, roll.group_size).std(dim=1)
-        lengths = all_gather_cat(acc, roll.lengths.float())
-        truncated = all_gather_cat(acc, roll.truncated.float())
-        m = {
-            "reward/mean": everyone.mean().item(),
-            "reward/std": everyone.std().item() if everyone.numel() > 1 else 0.0,
-            "frac_reward_zero_std": (group_std < 1e-6).float().mean().item(),
-            "completion/mean_len": lengths.mean().item(),
-            "completion/max_len": lengths.max().item(),
-            "completion/clipped_frac": truncated.mean().item(),
-        }
-        for rf in self.reward_fns:
-            vals = all_gather_cat(acc, per_fn[rf.name])
-            ok = ~torch.isnan(vals)
-            m[f"reward/{rf.name}/mean"] = vals[ok].mean().item() if ok.any() else float("nan")
-            m[f"reward/{rf.name}/errors"] = all_sum(acc, rf.errors).item()
-        for key, value in reward_metrics(self.reward_fns).items():  # what plug-ins count (e.g. verifier time-outs)
-            m[key] = all_sum(acc, value).item()
-        return m
 
     def evaluate(self, step: int | None) -> dict:
         """Greedy held-out accuracy through the same engine; logged at `step` when given."""
