@@ -55,6 +55,7 @@ class Algorithm:
     one_step: bool = False  # exactly one on-policy step per rollout (num_iterations = num_minibatches = 1)
     min_group: int = 1  # smallest rollout.num_generations that gives the estimator a baseline
     other_knobs: tuple[str, ...] = ()  # further config keys it reads (dotted paths)
+    teacher: bool = False  # a frozen teacher scores the sampled tokens in step 4 (algorithm.teacher)
     summary: str = ""
 
     @property
@@ -143,6 +144,20 @@ ALGORITHMS: dict[str, Algorithm] = {
         min_group=2,
         summary="GRPO's advantages, a smooth sigmoid gate on the ratio instead of the hard clip (SAPO, "
         "arXiv:2511.20347)",
+    ),
+    "distill": Algorithm(
+        estimators.distillation,
+        other_knobs=(
+            *CLIPPED_MINIBATCH,
+            *MINIBATCH,
+            *KL_IN_LOSS,
+            "algorithm.teacher.path",
+            "algorithm.teacher.adapter",
+            "algorithm.teacher.dtype",
+        ),
+        teacher=True,
+        summary="on-policy distillation: the student samples, a teacher (algorithm.teacher) scores the same tokens, "
+        "advantage = log pi_teacher - log pi_student per token (GKD, arXiv:2306.13649; Tinker; Qwen3)",
     ),
     "ppo": Algorithm(
         **_VALUE_FAMILY,

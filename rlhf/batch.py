@@ -21,6 +21,7 @@ class StepBatch:
     ref_logprobs: Tensor | None = None  # [B, C] or None when beta == 0
     old_values: Tensor | None = None  # [B, C] V(s_t) at rollout time (value-model algorithms)
     returns: Tensor | None = None  # [B, C] value targets (GAE advantages + old values)
+    teacher_logprobs: Tensor | None = None  # [B, C] a distillation teacher's log-probs of the sampled tokens
 
     def _map(self, rollout: Rollout, fn) -> StepBatch:
         tensors = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "rollout"}

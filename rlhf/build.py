@@ -101,3 +101,31 @@ def build_update_settings(cfg: Config, spec) -> UpdateSettings:
         tis_cap=a.tis_cap,
         tis_seq_threshold=a.tis_seq_threshold,
     )
+
+
+def build_teacher(cfg: Config, tokenizer) -> torch.nn.Module:
+    """On-policy distillation's teacher, frozen: `algorithm.teacher.path` (default: the student's base) with its
+    adapter folded in. Its tokenizer must be the student's, token for token."""
+    from rlhf.config import ConfigError
+    from rlhf.models import DTYPES, load_policy, load_tokenizer, resolve_model_path
+    from rlhf.policy import Policy
+
+    t, m = cfg.algorithm.teacher, cfg.model
+    path = t.path or m.path
+    if load_tokenizer(path, m.trust_remote_code).get_vocab() != tokenizer.get_vocab():
+        raise ConfigError(
+            f"algorithm.teacher.path={path!r} has another tokenizer than the student's model.path={m.path!r}: "
+            "distillation compares log-probs of the same token ids, so the two must share a vocabulary"
+        )
+    if t.adapter:
+        model = load_policy(path, t.dtype, adapter_path=t.adapter, trust_remote_code=m.trust_remote_code)
+        model = model.merge_and_unload()
+    else:
+        from transformers import AutoModelForCausalLM
+
+        model = AutoModelForCausalLM.from_pretrained(
+            resolve_model_path(path), dtype=DTYPES[t.dtype], trust_remote_code=m.trust_remote_code
+        )
+    model.requires_grad_(False)
+    log.info("distillation teacher: %s%s", path, f" + adapter {t.adapter}" if t.adapter else "")
+    return Policy(model).eval()

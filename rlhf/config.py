@@ -158,6 +158,17 @@ class TRPOConfig:
 
 
 @dataclass
+class TeacherConfig:
+    """The teacher of on-policy distillation (algorithm.name = distill): the student samples, the teacher scores the
+    same tokens, and the per-token advantage is -(log pi_student - log pi_teacher), the negative reverse KL (as in the
+    Tinker cookbook, Qwen3 and GKD, arXiv:2306.13649). It must share the student's tokenizer."""
+
+    path: str | None = doc("The teacher model: hub id, local directory or short name; none = the student's base.", None)
+    adapter: str | None = doc("A PEFT adapter folded onto the teacher (e.g. a run's `adapter/` directory).", None)
+    dtype: Literal["float32", "bfloat16", "float16"] = doc("The teacher's weight dtype.", "bfloat16")
+
+
+@dataclass
 class AlgorithmConfig:
     """Advantage estimator and policy loss."""
 
@@ -254,6 +265,7 @@ class AlgorithmConfig:
         "Optimizer steps per pass: a rollout step generates prompts_per_step x num_minibatches prompts.", 1
     )
     trpo: TRPOConfig = doc("Trust-region step (algorithm.name = trpo).", factory=TRPOConfig)
+    teacher: TeacherConfig = doc("On-policy distillation's teacher (algorithm.name = distill).", factory=TeacherConfig)
 
 
 @dataclass

@@ -25,6 +25,7 @@ from rlhf.advantages import (
 )
 from rlhf.kl_control import KLController, RunningMoments
 from rlhf.losses import explained_variance, kl_penalty
+from rlhf.offpolicy import distillation_advantages
 
 
 def _local_sum(x: Tensor | float) -> Tensor:
@@ -65,6 +66,8 @@ class AdvantageInputs:
     ref_logprobs: Tensor | None = None  # [B, C] under the reference (beta > 0)
     old_values: Tensor | None = None  # [B, C] V(s_t) at rollout time (value-model algorithms)
     kl_ctl: KLController | None = None  # the KL coefficient, adapted in place (value-model algorithms)
+    behaviour_logprobs: Tensor | None = None  # [B, C] the sampler's log-probs of the sampled tokens
+    teacher_logprobs: Tensor | None = None  # [B, C] a teacher's log-probs of the same tokens (distillation)
     reward_stats: RunningMoments = field(default_factory=RunningMoments)  # running reward moments, updated in place
 
 
@@ -161,3 +164,14 @@ def gae_with_kl_reward(
         "value/explained_var": explained_variance(inp.old_values, returns, mask, moments=stats.moments),
     }
     return Advantages(adv, returns, metrics)
+
+
+def distillation(inp: AdvantageInputs, stats: BatchStats) -> Advantages:
+    """On-policy distillation (Agarwal et al. 2024, GKD, arXiv:2306.13649; the Tinker cookbook; Qwen3): the student
+    samples, a teacher scores the same tokens, and each token's advantage is the negative reverse KL estimate
+    log pi_teacher - log pi_student, so the policy gradient lowers KL(student || teacher) token by token. The student's
+    log-probs are the sampler's (the policy before this step's update)."""
+    adv = distillation_advantages(inp.behaviour_logprobs, inp.teacher_logprobs, inp.loss_mask)
+    reverse_kl = -(adv * inp.loss_mask).sum()
+    n = stats.total(inp.loss_mask.sum()).clamp(min=1.0)
+    return Advantages(adv, metrics={"distill/reverse_kl": (stats.total(reverse_kl) / n).item()})

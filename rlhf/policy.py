@@ -51,8 +51,9 @@ class Policy(nn.Module):
 
     @property
     def base(self) -> nn.Module:
-        """The transformers model (with LoRA layers injected), usable for cached decoding."""
-        return self.model.get_base_model()
+        """The transformers model (with LoRA layers injected, when the model is a PEFT one)."""
+        get_base = getattr(self.model, "get_base_model", None)
+        return get_base() if get_base is not None else self.model
 
     def states(
         self, prompt_ids: Tensor, prompt_mask: Tensor, completion_ids: Tensor, completion_mask: Tensor, group_size: int

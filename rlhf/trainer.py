@@ -22,7 +22,13 @@ from torch import Tensor
 from rlhf.accuracy import greedy_eval
 from rlhf.algorithms import get_algorithm
 from rlhf.batch import StepBatch
-from rlhf.build import build_datasets, build_optimizer, build_update_settings, build_value_model
+from rlhf.build import (
+    build_datasets,
+    build_optimizer,
+    build_teacher,
+    build_update_settings,
+    build_value_model,
+)
 from rlhf.checkpoint import apply_hyperparameters, load_checkpoint, read_checkpoint_config, resolve_resume
 from rlhf.checkpoint_state import rng_state, set_rng_state
 from rlhf.config import Config, ConfigError, check_world, save_config, to_dict
@@ -103,6 +109,7 @@ class Trainer:
                 "launch it single-process or with recipes/accelerate/ddp.yaml"
             )
         value_model = build_value_model(cfg, model) if spec.value_model else None
+        self.teacher = build_teacher(cfg, self.tokenizer) if spec.teacher else None
         # TRPO steps the policy itself; the optimizer then holds only the value parameters
         policy_params = [p for p in model.parameters() if p.requires_grad] if spec.update == "minibatch" else []
         value_params = None if value_model is None else [p for p in value_model.parameters() if p.requires_grad]
@@ -296,6 +303,8 @@ class Trainer:
             batch.old_logprobs, batch.old_values = self.scored_logprobs(batch, reference=False, values=True)
         elif not (a.num_iterations == 1 and a.num_minibatches == 1):  # on-policy: the update's own forward serves
             batch.old_logprobs = self.scored_logprobs(batch, reference=False)
+        if self.teacher is not None:
+            batch.teacher_logprobs = self.scored_logprobs(batch, reference=False, scorer=self.teacher)
         metrics["time/ref"] = time.perf_counter() - t0
         return d, batch
 
@@ -345,13 +354,18 @@ class Trainer:
         return self.engine.generate(ps.prompt_ids, r.num_generations, params), ps
 
     def policy_logprobs(
-        self, batch: StepBatch, with_entropy: bool = False, with_values: bool = False, detach_value_trunk: bool = False
+        self,
+        batch: StepBatch,
+        with_entropy: bool = False,
+        with_values: bool = False,
+        detach_value_trunk: bool = False,
+        scorer=None,
     ):
         """The wrapped policy's forward on a micro-batch (padding columns dropped first): (PolicyOutput, the batch
         as trimmed). Temperature and group size are the rollout's own."""
         b = batch.trimmed()
         r = b.rollout
-        out = self.policy(
+        out = (self.policy if scorer is None else scorer)(
             r.prompt_ids,
             r.prompt_mask,
             r.completion_ids,
@@ -366,15 +380,18 @@ class Trainer:
         return out, b
 
     @torch.no_grad()
-    def scored_logprobs(self, batch: StepBatch, reference: bool, values: bool = False):
-        """Step 4: [B, C] log-probs under the current policy or the reference, micro-batch by micro-batch; with
-        values, also [B, C] V(s_t) from the same forward."""
+    def scored_logprobs(self, batch: StepBatch, reference: bool, values: bool = False, scorer=None):
+        """Step 4: [B, C] log-probs under the current policy, the reference, or another model (`scorer`, a frozen
+        `Policy`: the distillation teacher), micro-batch by micro-batch; with values, also [B, C] V(s_t) from the
+        same forward."""
         out = torch.zeros_like(batch.rollout.logprobs)
         vals = torch.zeros_like(out) if values else None
         mb = self.cfg.train.micro_batch_size
         for s in range(0, len(batch.advantages), mb):
             part = batch.rows(slice(s, s + mb))
-            if reference:
+            if scorer is not None:
+                po, _ = self.policy_logprobs(part, scorer=scorer)
+            elif reference:
                 with reference_policy(self.peft_model):
                     po, _ = self.policy_logprobs(part)
             else:
@@ -398,6 +415,8 @@ class Trainer:
             old_values=batch.old_values,
             kl_ctl=self.kl_ctl,
             reward_stats=self.reward_stats,
+            behaviour_logprobs=roll.logprobs,
+            teacher_logprobs=batch.teacher_logprobs,
         )
         return self.spec.estimator(inputs, self.stats, **{k: getattr(a, k) for k in self.spec.estimator_knobs})
 

@@ -132,6 +132,8 @@ def tiny_recipe_overrides(recipe: Path, tiny: str, out: Path, gsm8k: Path) -> li
     from rlhf.config import load_config
 
     cfg = load_config(recipe)
+    if cfg.algorithm.name == "distill":  # the recipe's teacher is a trained adapter of the real model
+        over += ["algorithm.teacher.path=null", "algorithm.teacher.adapter=null", "algorithm.teacher.dtype=float32"]
     if cfg.data.path != "arithmetic":
         local = gsm8k if cfg.data.prompt_column == "question" else gsm8k.with_name("math.jsonl")
         over += [f"data.path={local}", "eval.every=0"]
