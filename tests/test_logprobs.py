@@ -14,13 +14,18 @@ def test_chunked_equals_plain_and_gradients_match(temperature):
     chunked, entropy = token_logprobs(hidden, weight, targets, temperature, chunk_tokens=8, with_entropy=True)
     plain = naive_token_logprobs(hidden, weight, targets, temperature)
     torch.testing.assert_close(chunked, plain)
-    g1 = torch.autograd.grad((chunked * upstream).sum(), (hidden, weight))
-    g2 = torch.autograd.grad((plain * upstream).sum(), (hidden, weight))
+    g1 = torch.autograd.grad((chunked * upstream).sum(), (hidden, weight), retain_graph=True)
+    g2 = torch.autograd.grad((plain * upstream).sum(), (hidden, weight), retain_graph=True)
     for a, b in zip(g1, g2):
         torch.testing.assert_close(a, b)
-    logp = (hidden.detach() @ weight.detach().T / temperature).log_softmax(-1)
-    torch.testing.assert_close(entropy, -(logp.exp() * logp).sum(-1))
-    assert not entropy.requires_grad
+    logp = (hidden @ weight.T / temperature).log_softmax(-1)
+    plain_entropy = -(logp.exp() * logp).sum(-1)
+    torch.testing.assert_close(entropy, plain_entropy)
+    # the entropy is differentiable too (an entropy bonus), together with the log-probs
+    g3 = torch.autograd.grad((entropy * upstream).sum() + chunked.sum(), (hidden, weight))
+    g4 = torch.autograd.grad((plain_entropy * upstream).sum() + plain.sum(), (hidden, weight))
+    for a, b in zip(g3, g4):
+        torch.testing.assert_close(a, b)
 
 
 def test_bfloat16_hidden_gets_a_bfloat16_gradient_close_to_float32():
