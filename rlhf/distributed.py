@@ -79,8 +79,8 @@ def configure_deepspeed(accelerator, gradient_accumulation_steps: int, max_grad_
 
 
 def is_deepspeed(accelerator) -> bool:
-    """DeepSpeed really runs this process (it owns the optimizer and steps inside backward)."""
-    return getattr(accelerator.state, "distributed_type", None) == "DEEPSPEED"
+    """DeepSpeed really runs this process (it owns the optimizer and steps inside backward); False without one."""
+    return accelerator is not None and getattr(accelerator.state, "distributed_type", None) == "DEEPSPEED"
 
 
 def zero_stage(accelerator) -> int:

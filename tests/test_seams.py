@@ -170,3 +170,20 @@ def test_algorithm_rows_are_complete():
 
     keys = set(flat_items(to_dict(Config())))
     assert algorithms.all_knobs() <= keys, algorithms.all_knobs() - keys
+
+
+def test_the_builtin_engine_works_without_an_accelerator(tiny_model_dir, tokenizer):
+    """As a library (the demo's reworded evaluation, a notebook): no accelerator, a PEFT model, greedy."""
+    from rlhf.models import load_policy, merged_adapter
+    from rlhf.rollout import BuiltinEngine, SamplingParams, generate_batched
+
+    model = load_policy(tiny_model_dir, "float32")
+    prompts = [tokenizer.encode("Compute 1 + 2."), tokenizer.encode("Hi")]
+    params = SamplingParams(max_new_tokens=5, greedy=True)
+    out = BuiltinEngine(model, tokenizer).generate(prompts, 1, params)
+    from rlhf.data import left_pad
+
+    ids, mask = left_pad(prompts, tokenizer.pad_token_id)
+    with merged_adapter(model):
+        want = generate_batched(model.get_base_model(), tokenizer, ids, mask, 1, params)
+    assert torch.equal(out.completion_ids, want.completion_ids) and out.group_size == 1
