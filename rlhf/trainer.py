@@ -194,7 +194,7 @@ class Trainer:
                     with stop.abortable():
                         last_metrics.update(self.evaluate(step=0))
                 except StopNow:
-                    return self.stop_before(1, self.step_start_state(), stop, last_metrics)
+                    return self.stop_before(1, self.step_start_state(), stop, last_metrics, "the step-0 evaluation")
             t_start, step = time.perf_counter(), self.start_step
 
             for step in range(self.start_step + 1, t.max_steps + 1):
@@ -312,7 +312,9 @@ class Trainer:
         """What a dropped step must put back: the sampler's position and this rank's RNGs."""
         return copy.deepcopy(self.sampler.state_dict()), rng_state()
 
-    def stop_before(self, step: int, before: tuple[dict, dict], stop: StopRequest, last_metrics: dict) -> dict:
+    def stop_before(
+        self, step: int, before: tuple[dict, dict], stop: StopRequest, last_metrics: dict, where: str = ""
+    ) -> dict:
         """A stop request during steps 1-4 of `step` (or the step-0 evaluation): the step's work is dropped, the
         sampler and RNGs go back to where it began, and the last completed step is saved (unless it already is), so
         a resumed run continues exactly as an uninterrupted one."""
@@ -321,9 +323,9 @@ class Trainer:
         set_rng_state(rng)
         done = step - 1
         log.warning(
-            "stop requested (%s) during step %d: its unfinished work is dropped; saving step %d and exiting",
+            "stop requested (%s) during %s: its unfinished work is dropped; saving step %d and exiting",
             stop.name,
-            step,
+            where or f"step {step}",
             done,
         )
         if not (self.out / "checkpoints" / f"step-{done:06d}" / "COMPLETE").is_file():
