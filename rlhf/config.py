@@ -653,12 +653,16 @@ def validate(cfg: Config) -> None:
 
 
 def flat_items(tree: Any, prefix: str = "") -> dict[str, Any]:
-    """A nested dict as {dotted.key: value} (lists are values)."""
+    """A nested dict as {dotted.key: value}; lists, empty mappings and other values are leaves."""
     if not isinstance(tree, dict):
-        return {prefix: tree}
+        return {prefix: tree} if prefix else {}
     out: dict[str, Any] = {}
     for k, v in tree.items():
-        out.update(flat_items(v, f"{prefix}.{k}" if prefix else str(k)))
+        key = f"{prefix}.{k}" if prefix else str(k)
+        if isinstance(v, dict) and v:
+            out.update(flat_items(v, key))
+        else:
+            out[key] = v
     return out
 
 

@@ -53,6 +53,11 @@ def all_gather_cat(accelerator, x: Tensor) -> Tensor:
     return accelerator.gather(x.to(accelerator.device)).cpu()
 
 
+def all_max(accelerator, x: float) -> float:
+    """The largest of a number over all ranks."""
+    return all_gather_cat(accelerator, torch.tensor([float(x)])).max().item()
+
+
 def configure_deepspeed(accelerator, gradient_accumulation_steps: int, max_grad_norm: float) -> None:
     """Make a DeepSpeed launch follow the recipe: its engine divides the loss by, and steps after, its own
     accumulation count, and accelerate prefers the DeepSpeed config's value over ours on a mismatch. The micro-batch

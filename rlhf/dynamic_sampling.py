@@ -96,7 +96,7 @@ def collect_informative(
             int(filler_total),
             refills,
         )
-    first_draw_groups = len(informative_groups(draws[0].rewards, G, tol))
+    first_draw_groups = len(draws[0].rewards) // G
     metrics = {
         "dynamic/kept_frac": total(len(kept)) / max(total(drawn_groups), 1.0),
         "dynamic/extra_prompts": total(drawn_groups - first_draw_groups),

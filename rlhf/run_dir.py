@@ -28,7 +28,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from rlhf.config import ConfigError
+from rlhf.config import ConfigError, flat_items
 
 log = logging.getLogger(__name__)
 
@@ -266,20 +266,6 @@ ALGORITHM_FAMILIES = {
 _UNSET = object()
 
 
-def flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
-    """A nested dict as {dotted.key: value}; lists and other values are leaves."""
-    if not isinstance(tree, dict):
-        return {prefix: tree} if prefix else {}
-    out: dict[str, Any] = {}
-    for k, v in tree.items():
-        key = f"{prefix}.{k}" if prefix else str(k)
-        if isinstance(v, dict) and v:
-            out.update(flatten(v, key))
-        else:
-            out[key] = v
-    return out
-
-
 def _show(v: Any) -> str:
     if v is _UNSET:
         return "(unset)"
@@ -302,7 +288,7 @@ def check_resume_config(
     lines (unknown keys count as compatible). `source` names the checkpoint in the message. `extra_incompatible`
     adds keys (a trailing "." covers a section) that this run cannot change, e.g. eval.num_samples, eval.path and
     eval.split when the evaluation rows were held out of the training file (they decide the training rows)."""
-    a, b = flatten(saved), flatten(new)
+    a, b = flat_items(saved), flat_items(new)
     extra = tuple(extra_incompatible)
     bad, changes = [], []
     for key in sorted(set(a) | set(b)):

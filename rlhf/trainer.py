@@ -53,9 +53,9 @@ from rlhf.run_dir import append_history, check_resume_config, claim_output_dir
 from rlhf.run_utils import StopNow, StopRequest, flat_config, progress_bar, seed_everything
 from rlhf.tracking import MetricsWriter, available_trackers, truncate_metrics_file
 from rlhf.trpo import trpo_update
-from rlhf.update import Updater, zero_lr
+from rlhf.update import Updater
 
-__all__ = ["StepBatch", "Trainer", "zero_lr"]
+__all__ = ["StepBatch", "Trainer"]
 
 log = logging.getLogger("rlhf")
 
@@ -135,7 +135,7 @@ class Trainer:
         self.start_step = self.resume()
         if acc.log_with:
             acc.init_trackers("tracking", config=flat_config(cfg))
-        self.writer = MetricsWriter(self.out, acc, self.is_main, append=self.start_step > 0)
+        self.writer = MetricsWriter(self.out, acc, self.is_main, append=self.resume_path is not None)
         self.outputs = RunOutputs(
             cfg, recipe, acc, model, self.optimizer, self.scheduler, self.tokenizer, self.writer, self.resumable_state,
             [rf.name for rf in self.reward_fns], trainable_module=self.policy if spec.value_model else None,

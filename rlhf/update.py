@@ -15,14 +15,9 @@ import torch
 from torch import Tensor
 
 from rlhf.batch import StepBatch
-from rlhf.distributed import all_gather_cat, all_sum, is_deepspeed
+from rlhf.distributed import all_max, all_sum, is_deepspeed
 from rlhf.losses import aggregate, clipped_value_loss, entropy_bonus, kl_penalty, masked_mean
 from rlhf.offpolicy import rollout_mismatch, tis_weights
-
-
-def all_max(accelerator, x: float) -> float:
-    """The largest of a number over ranks."""
-    return all_gather_cat(accelerator, torch.tensor([float(x)])).max().item()
 
 
 @dataclass(frozen=True)

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from rlhf.config import Config, load_config, to_dict
+from rlhf.config import Config, flat_items, load_config, to_dict
 from rlhf.run_dir import (
     INCOMPATIBLE,
     RUN_FILES,
@@ -19,7 +19,6 @@ from rlhf.run_dir import (
     append_history,
     check_resume_config,
     claim_output_dir,
-    flatten,
 )
 
 REPO = Path(__file__).resolve().parents[1]
@@ -214,7 +213,7 @@ def test_algorithm_changes_within_a_family_only(old, new, ok):
 
 
 def test_every_incompatible_key_is_a_config_key():
-    keys = flatten(to_dict(Config()))
+    keys = flat_items(to_dict(Config()))
     for k in INCOMPATIBLE:
         assert any(key == k or (k.endswith(".") and key.startswith(k)) for key in keys), k
 
