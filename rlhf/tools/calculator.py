@@ -61,7 +61,7 @@ class Calculator:
         try:
             tree = ast.parse(text, mode="eval")
         except (SyntaxError, ValueError, RecursionError, MemoryError) as e:
-            raise ToolError(f"cannot parse {text!r}: use numbers, + - * / // % ** and parentheses") from e
+            raise ToolError(f"cannot parse {text[:100]!r}: use numbers, + - * / // % ** and parentheses") from e
         try:
             return self._eval(tree.body)
         except RecursionError as e:

@@ -155,7 +155,7 @@ def tool_prompt(tools: dict[str, Tool], style: str = "tags") -> str:
         lines.append(f"<{name}>{example}</{name}>")
     else:
         call = {"name": name, "arguments": {_argument(tool): example}}
-        lines.append(f"To use a tool, write a JSON object inside <{JSON_TAG}></{JSON_TAG}> tags, for example:")
+        lines.append(f"To use a tool, write a JSON object in {JSON_TAG} tags, for example:")
         lines.append(f"<{JSON_TAG}>{json.dumps(call, ensure_ascii=False)}</{JSON_TAG}>")
     lines.append("The result comes back in the next message.")
     return "\n".join(lines)
