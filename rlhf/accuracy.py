@@ -17,6 +17,7 @@ from rlhf.data import PromptSet
 from rlhf.distributed import all_sum
 from rlhf.rewards import RewardFunction, score_rollout
 from rlhf.rollout import Engine, SamplingParams
+from rlhf.rollout.episodes import EpisodeRunner
 
 
 def pass_at_k(n: int, c: int, k: int) -> float:
@@ -54,22 +55,33 @@ def greedy_eval(
     batch_size: int = 64,
     success_threshold: float = 1.0,
     accelerator=None,
+    episodes: EpisodeRunner | None = None,
 ) -> tuple[dict[str, float], list[dict]]:
     """Accuracy = fraction of prompts whose greedy completion's weighted reward >= success_threshold.
 
     With an accelerator, each rank scores its own shard and the counts are summed. The shard is generated in one
-    engine call (decoded `batch_size` prompts at a time), so the engine merges or gathers weights once. Returns
-    (metrics, per-sample rows of this rank)."""
+    engine call (decoded `batch_size` prompts at a time), so the engine merges or gathers weights once. With
+    `episodes` (a recipe with an environment) each prompt runs one greedy multi-turn episode instead (one engine call
+    per turn, in lockstep over ranks), scored like training episodes (the last turn, plus the environment's reward),
+    and the metrics add `eval/env/<key>` (e.g. the fraction of episodes that called a tool). Returns (metrics,
+    per-sample rows of this rank)."""
     start = time.perf_counter()
     rank, world = (accelerator.process_index, accelerator.num_processes) if accelerator else (0, 1)
     idx = list(range(rank, len(prompts), world))
     shard = prompts.select(idx)
     params = SamplingParams(max_new_tokens=max_new_tokens, greedy=True)
-    out = engine.generate(shard.prompt_ids, 1, params, batch_size=batch_size) if len(shard) else None
+    out, scoring, env_stats = None, {}, {}
+    if episodes is not None and (len(shard) or world > 1):  # an empty shard still keeps the ranks in lockstep
+        ep = episodes.run(engine, shard, 1, params, batch_size=batch_size)
+        out = ep.rollout if len(shard) else None
+        scoring = {"completions": ep.final_texts, "extra": {"env": (ep.env_rewards, episodes.reward_weight)}}
+        env_stats = {k: v.sum().item() for k, v in ep.stats.items()}
+    elif len(shard):
+        out = engine.generate(shard.prompt_ids, 1, params, batch_size=batch_size)
     correct, reward_sum, rows = 0.0, 0.0, []
     if out is not None:
         total, _, _ = score_rollout(
-            reward_fns, shard.texts, shard.columns, out, 1, prompt_messages=shard.prompt_messages
+            reward_fns, shard.texts, shard.columns, out, 1, prompt_messages=shard.prompt_messages, **scoring
         )
         ok = total >= success_threshold - 1e-6
         correct, reward_sum = ok.sum().item(), total.sum().item()
@@ -80,7 +92,10 @@ def greedy_eval(
     n = len(prompts)
     if accelerator is not None:
         correct, reward_sum = all_sum(accelerator, correct).item(), all_sum(accelerator, reward_sum).item()
-    metrics = {
+    if accelerator is not None:
+        env_stats = {k: all_sum(accelerator, v).item() for k, v in sorted(env_stats.items())}
+    metrics = {f"eval/env/{k}": v / max(n, 1) for k, v in env_stats.items()}
+    metrics |= {
         "eval/accuracy": correct / max(n, 1),
         "eval/reward_mean": reward_sum / max(n, 1),
         "eval/num_samples": n,

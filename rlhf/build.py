@@ -22,7 +22,14 @@ def build_datasets(cfg: Config, tokenizer):
     if d.path == "arithmetic":
         a = d.arithmetic
         train_rows, eval_rows = arithmetic_problems(
-            a.min_operand, a.max_operand, a.operators, a.num_train, a.num_eval, a.template, seed=cfg.seed
+            a.min_operand,
+            a.max_operand,
+            a.operators,
+            a.num_train,
+            a.num_eval,
+            a.template,
+            b_range=a.operand_b_range,
+            seed=cfg.seed,
         )
     elif cfg.eval.every:
         # evaluation rows are never training rows: a separate file or split, else a seeded slice held out of training

@@ -63,12 +63,20 @@ class ArithmeticConfig:
 
     min_operand: int = doc("Smallest operand.", 10)
     max_operand: int = doc("Largest operand.", 99)
+    min_operand_b: int | None = doc("Smallest second operand b; none = min_operand (e.g. 3-digit x 2-digit).", None)
+    max_operand_b: int | None = doc("Largest second operand b; none = max_operand.", None)
     operators: list[str] = doc("Operators to draw from, any of `+ - *`.", factory=lambda: ["+"])
     template: str = doc(
         "Question wording; `{a}`, `{op}`, `{b}` are filled in.", "Compute {a} {op} {b}. Reply with only the number."
     )
     num_train: int = doc("Training problems.", 2000)
     num_eval: int = doc("Held-out problems (never in the training set).", 200)
+
+    @property
+    def operand_b_range(self) -> tuple[int, int]:
+        """(smallest, largest) second operand."""
+        lo = self.min_operand if self.min_operand_b is None else self.min_operand_b
+        return lo, self.max_operand if self.max_operand_b is None else self.max_operand_b
 
 
 @dataclass
@@ -138,6 +146,39 @@ class RewardSpec:
     )
     timeout: float = doc("Seconds one call (one batch) may take before it counts as hung.", 120.0)
     name: str | None = doc("Name in the metrics (`reward/<name>`); defaults to the function's name.", None)
+
+
+@dataclass
+class EnvConfig:
+    """Multi-turn episodes: an environment answers the policy between turns (tool results, user turns), up to
+    max_turns policy turns and max_tokens episode tokens. Observation tokens carry no loss (action mask 0). Unset
+    name = the single-turn path (one completion per prompt)."""
+
+    name: str | None = doc(
+        "A name in `rlhf.envs.ENVIRONMENTS` (`tools`: the policy calls `env.tools` by writing calls, a turn without a "
+        "call is its answer; `single_turn`: one turn and done) or an import path `pkg.module:Class` / "
+        "`file.py:Class` implementing `rlhf.envs.Environment`; none = single-turn episodes without an environment.",
+        None,
+    )
+    kwargs: dict[str, Any] = doc(
+        "Keyword arguments of the environment's constructor (one instance per episode).", factory=dict
+    )
+    tools: list[Any] = doc(
+        "Tools for the `tools` environment (`rlhf.tools.build_tools` specs: `calculator`, `python`, "
+        "`pkg.module:Class`, or {fn: ..., kwargs: {...}}); passed to the constructor as `tools` when given.",
+        factory=list,
+    )
+    max_turns: int = doc("Policy turns per episode at most (each is one engine call for all running episodes).", 3)
+    max_tokens: int = doc(
+        "Token budget of an episode after the prompt (sampled and observation tokens); each turn also stops at "
+        "rollout.max_new_tokens.",
+        256,
+    )
+    reward_weight: float = doc(
+        "Weight of the environment's reward (summed over the episode's turns) in the episode's score, added to the "
+        "weighted reward functions, which score the last turn's text.",
+        1.0,
+    )
 
 
 @dataclass
@@ -378,6 +419,7 @@ class Config:
     rewards: list[RewardSpec] = doc(
         "Reward functions.", factory=lambda: [RewardSpec(fn="reward_models.numeric:numeric_answer_reward")]
     )
+    env: EnvConfig = doc("Multi-turn environment (none = single-turn).", factory=EnvConfig)
     algorithm: AlgorithmConfig = doc("Algorithm.", factory=AlgorithmConfig)
     value: ValueConfig = doc("Value model (ppo, actor_critic, trpo).", factory=ValueConfig)
     optim: OptimConfig = doc("Optimizer.", factory=OptimConfig)
@@ -640,11 +682,20 @@ def validate(cfg: Config) -> None:
             f"rewards[{i}].fn = {spec.fn!r}: write it as `package.module:function` or `file.py:function`",
         )
         need(spec.timeout > 0, f"rewards[{i}].timeout must be > 0 seconds")
+    ev = cfg.env
+    need(ev.max_turns >= 1, "env.max_turns must be >= 1")
+    need(ev.max_tokens >= 1, "env.max_tokens must be >= 1 (episode tokens after the prompt)")
+    need(
+        ev.name is not None or (not ev.kwargs and not ev.tools),
+        "env.kwargs / env.tools are set but env.name is not: name the environment (e.g. env.name=tools)",
+    )
     bad_ops = set(cfg.data.arithmetic.operators) - {"+", "-", "*"}
     need(not bad_ops, f"data.arithmetic.operators: {sorted(bad_ops)} not supported; use any of + - *")
     ar = cfg.data.arithmetic
     need(ar.min_operand <= ar.max_operand, "data.arithmetic.min_operand must be <= max_operand")
-    space = (ar.max_operand - ar.min_operand + 1) ** 2 * len(ar.operators)
+    lo_b, hi_b = ar.operand_b_range
+    need(lo_b <= hi_b, "data.arithmetic.min_operand_b must be <= max_operand_b")
+    space = (ar.max_operand - ar.min_operand + 1) * (hi_b - lo_b + 1) * len(ar.operators)
     need(
         ar.num_train + ar.num_eval <= space,
         f"data.arithmetic: {ar.num_train} train + {ar.num_eval} eval problems exceed the {space} distinct ones; "

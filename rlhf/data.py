@@ -31,15 +31,17 @@ def arithmetic_problems(
     num_eval: int,
     template: str,
     seed: int = 0,
+    b_range: tuple[int, int] | None = None,
 ) -> tuple[list[dict], list[dict]]:
-    """Disjoint train and eval problems drawn without replacement from every (a, op, b) in range, seeded.
+    """Disjoint train and eval problems drawn without replacement from every (a, op, b) in range, seeded. The second
+    operand b ranges over `b_range` (smallest, largest) when given, else over the same range as a.
 
     Rows: {"prompt": question text, "answer": the result as a string, "a", "op", "b"}."""
     space = [
         (a, op, b)
         for op in operators
         for a in range(min_operand, max_operand + 1)
-        for b in range(min_operand, max_operand + 1)
+        for b in range(*((b_range[0], b_range[1] + 1) if b_range else (min_operand, max_operand + 1)))
     ]
     random.Random(seed).shuffle(space)
     if num_train + num_eval > len(space):

@@ -34,6 +34,7 @@ class Draw:
     time_rollout: float = 0.0
     time_reward: float = 0.0
     trainable: Tensor | None = None  # [B] bool: rows that train (False on filler groups); None = all
+    episode_stats: dict[str, Tensor] | None = None  # {key: [B]} per-episode numbers of multi-turn episodes
 
 
 def select_rows(draws: list[Draw], rows: list[int], trainable: list[bool], pad_id: int) -> Draw:
@@ -50,6 +51,9 @@ def select_rows(draws: list[Draw], rows: list[int], trainable: list[bool], pad_i
         time_rollout=sum(d.time_rollout for d in draws),
         time_reward=sum(d.time_reward for d in draws),
         trainable=torch.tensor(trainable, dtype=torch.bool),
+        episode_stats=None
+        if draws[0].episode_stats is None
+        else {k: torch.cat([d.episode_stats[k] for d in draws])[idx] for k in draws[0].episode_stats},
     )
 
 

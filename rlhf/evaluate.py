@@ -102,7 +102,14 @@ def load_eval_rows(args: argparse.Namespace) -> tuple[list[dict], str]:
     if args.dataset == "arithmetic":
         a = ArithmeticConfig()
         train, held_out = arithmetic_problems(
-            a.min_operand, a.max_operand, a.operators, a.num_train, a.num_eval, a.template, seed=args.seed
+            a.min_operand,
+            a.max_operand,
+            a.operators,
+            a.num_train,
+            a.num_eval,
+            a.template,
+            b_range=a.operand_b_range,
+            seed=args.seed,
         )
         if args.split not in ("test", "train"):
             raise EvalError(f"--split {args.split!r}: the arithmetic task has `test` (held out) and `train`")

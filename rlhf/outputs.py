@@ -134,6 +134,15 @@ class RunOutputs:
             log.warning("no plots: %s (pip install matplotlib)", e)
 
 
+def episode_metrics(acc, stats: dict[str, Tensor], env_rewards: Tensor) -> dict[str, float]:
+    """Multi-turn episodes over every rank: `env/<key>` means of the per-episode numbers (turns, observation tokens,
+    the environment's metrics, e.g. `env/called_tool` = the fraction of episodes that called a tool) and
+    `env/reward`, the environment's reward."""
+    m = {f"env/{k}": all_gather_cat(acc, v.float()).mean().item() for k, v in stats.items()}
+    m["env/reward"] = all_gather_cat(acc, env_rewards.float()).mean().item()
+    return m
+
+
 def rollout_metrics(acc, roll, rewards: Tensor, per_fn: dict[str, Tensor], reward_fns: list) -> dict:
     """The step's reward and completion metrics over every rank, and what reward plug-ins count."""
     everyone = all_gather_cat(acc, rewards)

@@ -447,11 +447,16 @@ def score_rollout(
     rollout,
     group_size: int,
     prompt_messages: list | None = None,
+    completions: list[str] | None = None,
+    extra: dict[str, tuple[Tensor, float]] | None = None,
 ) -> tuple[Tensor, dict[str, Tensor], list[str]]:
     """Score a rollout of `group_size` completions per prompt: each prompt's text and dataset columns are repeated
     for its completions; `completion_ids` (the rollout's tokens, without padding) and `completion_length` (tokens,
     with the final EOS) are added. `prompt_messages`, one chat message list per prompt, is given for a
-    conversational dataset (see `score`). Returns (total [N], per-function [N] each, the repeated prompt texts)."""
+    conversational dataset (see `score`). `completions` replaces the rollout's texts as what the functions score
+    (a multi-turn episode's last turn). `extra` adds rewards computed elsewhere, {name: ([N] values, weight)} (an
+    environment's), to the total and to the per-name results. Returns (total [N], per-function [N] each, the
+    repeated prompt texts)."""
     repeat = lambda values: [v for v in values for _ in range(group_size)]
     repeated = repeat(prompts)
     cols = {key: repeat(vals) for key, vals in columns.items()}
@@ -462,5 +467,9 @@ def score_rollout(
         mask = rollout.completion_mask.bool()
         completion_ids = [row[m].tolist() for row, m in zip(ids.cpu(), mask.cpu())]
     messages = None if prompt_messages is None else repeat(prompt_messages)
-    total, per_fn = score(reward_fns, repeated, rollout.texts, cols, completion_ids, messages)
+    texts = rollout.texts if completions is None else completions
+    total, per_fn = score(reward_fns, repeated, texts, cols, completion_ids, messages)
+    for name, (values, weight) in (extra or {}).items():
+        total = total + weight * values.float()
+        per_fn[name] = values.float()
     return total, per_fn, repeated

@@ -42,13 +42,15 @@ from rlhf.distributed import (
     zero_stage,
 )
 from rlhf.dynamic_sampling import Draw, collect_informative
+from rlhf.envs import build_env
 from rlhf.estimators import AdvantageInputs, BatchStats
 from rlhf.kl_control import KLController, RunningMoments
 from rlhf.models import count_parameters, load_policy, load_tokenizer, reference_policy
-from rlhf.outputs import RunOutputs, rollout_metrics
+from rlhf.outputs import RunOutputs, episode_metrics, rollout_metrics
 from rlhf.policy import RUN_OVERHEAD_TOKENS, Policy
 from rlhf.rewards import build_reward_functions, check_reward_signatures, score_rollout
 from rlhf.rollout import Rollout, SamplingParams, build_engine
+from rlhf.rollout.episodes import EpisodeRunner, Episodes
 from rlhf.run_dir import append_history, check_resume_config, claim_output_dir
 from rlhf.run_utils import StopNow, StopRequest, flat_config, progress_bar, seed_everything
 from rlhf.tracking import MetricsWriter, available_trackers, truncate_metrics_file
@@ -93,6 +95,7 @@ class Trainer:
             if ps is not None:  # every argument a reward function names must be a column (or a call keyword)
                 check_reward_signatures(self.reward_fns, list(ps.columns))
         self.sampler = PromptSampler(len(self.train_set), cfg.seed, cfg.data.shuffle)
+        self.episodes = self.episode_runner()
 
         lora = m.lora
         model = load_policy(
@@ -139,6 +142,20 @@ class Trainer:
         self.outputs = RunOutputs(
             cfg, recipe, acc, model, self.optimizer, self.scheduler, self.tokenizer, self.writer, self.resumable_state,
             [rf.name for rf in self.reward_fns], trainable_module=self.policy if spec.value_model else None,
+        )  # fmt: skip
+
+    def episode_runner(self) -> EpisodeRunner | None:
+        """Multi-turn episodes when the recipe names an environment (None: single-turn). Ranks agree on each turn
+        (`any_running` is an all-reduce) so that they make the same number of engine calls."""
+        e, acc = self.cfg.env, self.accelerator
+        if e.name is None:
+            return None
+        any_running = None
+        if acc.num_processes > 1:
+            any_running = lambda flag: all_sum(acc, float(flag)).item() > 0  # noqa: E731
+        return EpisodeRunner(
+            build_env(e.name, e.kwargs, e.tools), self.tokenizer, e.max_turns, e.max_tokens, e.reward_weight,
+            self.cfg.data.system_prompt, any_running,
         )  # fmt: skip
 
     def resumable_state(self) -> dict:
@@ -232,6 +249,8 @@ class Trainer:
 
                 # 7. log, evaluate, checkpoint
                 metrics.update(rollout_metrics(acc, roll, rewards, per_fn, self.reward_fns))
+                if d.episode_stats is not None:
+                    metrics.update(episode_metrics(acc, d.episode_stats, per_fn["env"]))
                 metrics["time/step"] = time.perf_counter() - t_step
                 # the time budget is agreed over ranks so that every rank stops after the same step
                 time_up = bool(t.max_minutes) and all_sum(acc, time.perf_counter() - t_start).item() / (
@@ -340,12 +359,27 @@ class Trainer:
         k = self.prompts_per_rank * a.num_minibatches
         prompt_idx = global_idx[acc.process_index * k : (acc.process_index + 1) * k]
         t0 = time.perf_counter()
-        roll, ps = self.rollout(prompt_idx)
+        episodes = None
+        if self.episodes is None:
+            roll, ps = self.rollout(prompt_idx)
+        else:
+            episodes, ps = self.run_episodes(prompt_idx)
+            roll = episodes.rollout
         t1 = time.perf_counter()
         rewards, per_fn, prompts = score_rollout(
-            self.reward_fns, ps.texts, ps.columns, roll, roll.group_size, prompt_messages=ps.prompt_messages
-        )
-        return Draw(roll, rewards, per_fn, prompts, t1 - t0, time.perf_counter() - t1)
+            self.reward_fns, ps.texts, ps.columns, roll, roll.group_size, prompt_messages=ps.prompt_messages,
+            **({} if episodes is None else self.episode_scoring(episodes)),
+        )  # fmt: skip
+        stats = None if episodes is None else episodes.stats
+        return Draw(roll, rewards, per_fn, prompts, t1 - t0, time.perf_counter() - t1, episode_stats=stats)
+
+    def episode_scoring(self, episodes: Episodes) -> dict:
+        """What multi-turn episodes add to scoring: the functions score the last turn, the environment's reward adds
+        with its weight."""
+        return {
+            "completions": episodes.final_texts,
+            "extra": {"env": (episodes.env_rewards, self.cfg.env.reward_weight)},
+        }
 
     def rollout(self, prompt_idx: list[int]) -> tuple[Rollout, object]:
         """Step 2: G episodes for each of this rank's prompts, through the engine."""
@@ -354,6 +388,14 @@ class Trainer:
         params = SamplingParams(r.max_new_tokens, r.temperature, r.top_p, r.top_k, False, list(r.stop))
         self.policy.eval()
         return self.engine.generate(ps.prompt_ids, r.num_generations, params), ps
+
+    def run_episodes(self, prompt_idx: list[int]) -> tuple[Episodes, object]:
+        """Step 2 with an environment: G multi-turn episodes for each of this rank's prompts."""
+        r = self.cfg.rollout
+        ps = self.train_set.select(prompt_idx)
+        params = SamplingParams(r.max_new_tokens, r.temperature, r.top_p, r.top_k, False, list(r.stop))
+        self.policy.eval()
+        return self.episodes.run(self.engine, ps, r.num_generations, params), ps
 
     def policy_logprobs(
         self,
@@ -460,6 +502,7 @@ class Trainer:
             e.batch_size,
             e.success_threshold,
             self.accelerator,
+            episodes=self.episodes,
         )
         if step is not None:
             self.writer.log(metrics, step)

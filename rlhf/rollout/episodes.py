@@ -1,0 +1,300 @@
+"""Multi-turn episodes on top of any rollout engine: the policy acts, an environment answers, turn after turn.
+
+All episodes of a call advance together, one engine call per turn:
+
+- turn 1 is one `engine.generate(prompt_ids, G, sampling)` call (a prompt's prefill shared by its G episodes), with
+  the environment's stop strings (e.g. a tool call's closing tag) added to `sampling.stop`;
+- each running episode's action text goes to its own environment's `step`; an observation is appended as TOKEN IDS:
+  the chat template's rendering of the observation turn (for SmolLM2 `<|im_end|>\\n<|im_start|>user\\n...<|im_end|>
+  \\n<|im_start|>assistant\\n`), obtained by rendering the template around the observation and tokenising only the
+  observation turn's text. The history is never decoded and re-encoded (decode -> encode is not bijective), so the
+  trainer scores exactly the tokens the sampler produced;
+- the next turn is one `engine.generate(histories_of_running_episodes, 1, sampling)` call, with max_new_tokens capped
+  by the largest remaining token budget (each episode's own budget then cuts its turn); episodes whose environment
+  said done, that reached `max_turns`, or whose budget is spent leave the batch.
+
+Each turn re-prefills the running episodes' whole histories (the engine interface takes token ids, not caches): the
+cost grows with turns x history length, acceptable at a few turns of short observations.
+
+The episode's ids are the concatenation of sampled and observation ids; `action_mask` is 1 exactly on sampled ids and
+the behaviour log-probs are the engine's on sampled ids, 0 on observation ids. A prompt's G episodes stay consecutive.
+
+Lockstep: under ZeRO-3 an engine call gathers the sharded weights (a collective), so every rank must make the same
+number of calls. `any_running(flag)` (an all-reduce across ranks) decides whether another turn happens; a rank whose
+episodes have all ended then makes a one-token dummy call.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+
+import torch
+from torch import Tensor
+
+from rlhf.data import encode_prompt, left_pad
+from rlhf.envs.base import Environment, StepResult
+from rlhf.rollout.types import Rollout, SamplingParams
+
+_MARKER = "\x00ACTION\x00"
+
+
+class ObservationTokens:
+    """Token ids of an observation turn as the chat template renders it after an assistant turn.
+
+    The template is rendered once around a marker action followed by the observation messages (with the generation
+    prompt), and the text after the marker is tokenised on its own: the end of the assistant turn, the observation
+    turn(s), the start of the next assistant turn. When the action already ended with the end-of-turn token, that
+    token's text is not repeated."""
+
+    def __init__(self, tokenizer, default_role: str = "user"):
+        self.tokenizer = tokenizer
+        self.default_role = default_role
+
+    def messages(self, observation: list[dict] | str) -> list[dict]:
+        if isinstance(observation, str):
+            return [{"role": self.default_role, "content": observation}]
+        if not all(isinstance(m, dict) and "role" in m and "content" in m for m in observation):
+            raise ValueError(
+                f"an environment's observation must be a string or chat messages ({{role, content}}), got "
+                f"{observation!r:.200}"
+            )
+        return [dict(m) for m in observation]
+
+    def text(self, observation: list[dict] | str) -> str:
+        """The observation turn's text, starting right after the assistant's action."""
+        msgs = self.messages(observation)
+        tok = self.tokenizer
+        if not getattr(tok, "chat_template", None):
+            return "\n" + "\n".join(str(m["content"]) for m in msgs) + "\n"
+        around = [{"role": "user", "content": "q"}, {"role": "assistant", "content": _MARKER}, *msgs]
+        rendered = tok.apply_chat_template(around, tokenize=False, add_generation_prompt=True)
+        if _MARKER not in rendered:
+            raise ValueError("the chat template drops the assistant's text; observations cannot be placed after it")
+        return rendered.split(_MARKER, 1)[1]
+
+    def __call__(self, observation: list[dict] | str, last_action_id: int | None) -> list[int]:
+        """[n] ids of the observation turn; `last_action_id` is the action's last sampled token (None: no action)."""
+        text = self.text(observation)
+        if last_action_id is not None:
+            last = self.tokenizer.decode([last_action_id], skip_special_tokens=False)
+            if last in self.tokenizer.all_special_tokens and text.startswith(last):
+                text = text[len(last) :]  # the action already closed its turn
+        return list(self.tokenizer(text, add_special_tokens=False)["input_ids"])
+
+
+@dataclass
+class Episodes:
+    """B = prompts x G finished episodes."""
+
+    rollout: Rollout
+    final_texts: list[str]  # [B] the last turn's text: what the recipe's reward functions score
+    env_rewards: Tensor  # [B] float32: the sum of the environment's rewards over the episode's turns
+    stats: dict[str, Tensor]  # {key: [B] float32}: `turns`, `observation_tokens` and the environments' metrics()
+    engine_calls: int  # generate calls made (the same on every rank)
+
+
+@dataclass
+class _Episode:
+    env: Environment
+    prompt: list[int]
+    ids: list[int]
+    action: list[int]
+    logprobs: list[float]
+    reward: float = 0.0
+    turns: int = 0
+    observation_tokens: int = 0
+    last_text: str = ""
+    truncated: bool = False
+
+
+def first_observations(envs: list[Environment], rows: list[dict], group_size: int) -> list[list[dict]]:
+    """Reset every episode's environment; a prompt's G environments must give the same first messages."""
+    out = []
+    for n, row in enumerate(rows):
+        msgs = [envs[n * group_size + g].reset(row) for g in range(group_size)]
+        if any(m != msgs[0] for m in msgs[1:]):
+            raise ValueError(
+                "an environment's reset(row) gave different first messages for the same row; a prompt's "
+                f"{group_size} episodes share their prompt, so reset must depend only on the row"
+            )
+        out.append(msgs[0])
+    return out
+
+
+def run_episodes(
+    engine,
+    tokenizer,
+    make_env: Callable[[], Environment],
+    rows: list[dict],
+    group_size: int,
+    sampling: SamplingParams,
+    max_turns: int,
+    max_tokens: int,
+    any_running: Callable[[bool], bool] | None = None,
+    batch_size: int | None = None,
+) -> Episodes:
+    """`group_size` episodes per row, each of at most `max_turns` policy turns and `max_tokens` episode tokens
+    (sampled + observation). `any_running(local_flag)` returns whether any rank still has a running episode (None:
+    this process alone)."""
+    G = group_size
+    envs = [make_env() for _ in range(len(rows) * G)]
+    prompts = [encode_prompt(tokenizer, m) for m in first_observations(envs, rows, G)]
+    eps = [_Episode(env, prompts[i // G], [], [], []) for i, env in enumerate(envs)]
+    extra = [s for s in getattr(envs[0], "stop_strings", []) or [] if s not in sampling.stop] if envs else []
+    stop = [*sampling.stop, *extra]
+    render = ObservationTokens(tokenizer, getattr(envs[0], "observation_role", "user") if envs else "user")
+    running, calls = list(range(len(eps))), 0
+    for turn in range(max_turns):
+        if not (any_running(bool(running)) if any_running is not None else running):
+            break
+        calls += 1
+        if not running:  # lockstep: another rank still decodes, and the call may be a collective
+            dummy = [prompts[0] if prompts else [tokenizer.eos_token_id]]
+            engine.generate(dummy, 1, replace(sampling, stop=[], max_new_tokens=1))
+            continue
+        budget = {i: max_tokens - len(eps[i].ids) for i in running}
+        params = replace(sampling, stop=stop, max_new_tokens=max(1, min(sampling.max_new_tokens, max(budget.values()))))
+        if turn == 0:
+            roll = engine.generate(prompts, G, params, batch_size)
+        else:
+            roll = engine.generate([eps[i].prompt + eps[i].ids for i in running], 1, params, batch_size)
+        still = []
+        for j, i in enumerate(running):
+            if _take_turn(
+                eps[i], roll, j, budget[i], tokenizer, render, last_turn=turn == max_turns - 1, max_tokens=max_tokens
+            ):
+                still.append(i)
+        running = still
+    for i in running:  # reached max_turns while the environment wanted more
+        eps[i].truncated = True
+    return _assemble(eps, prompts, G, roll_temperature(sampling), tokenizer, calls, make_env)
+
+
+def roll_temperature(sampling: SamplingParams) -> float:
+    return 1.0 if sampling.greedy else sampling.temperature
+
+
+def _take_turn(
+    ep: _Episode, roll: Rollout, j: int, budget: int, tokenizer, render, last_turn: bool, max_tokens: int
+) -> bool:
+    """Append row j of `roll` (cut to the episode's budget) to the episode, step its environment and append the
+    observation. Returns whether the episode goes on."""
+    m = roll.completion_mask[j].bool()
+    ids = roll.completion_ids[j][m].tolist()
+    cut = len(ids) > budget
+    ids, logps = ids[:budget], roll.logprobs[j][m].tolist()[:budget]
+    ep.ids += ids
+    ep.action += [1] * len(ids)
+    ep.logprobs += logps
+    ep.turns += 1
+    ep.last_text = tokenizer.decode(ids, skip_special_tokens=True) if cut else roll.texts[j]
+    result = ep.env.step(ep.last_text)
+    if not isinstance(result, StepResult):
+        raise TypeError(f"an environment's step() must return rlhf.envs.StepResult, got {type(result).__name__}")
+    ep.reward += float(result.reward)
+    ep.truncated = bool(roll.truncated[j]) or cut
+    if result.done:
+        return False
+    if last_turn or cut:
+        ep.truncated = True
+        return False
+    obs = [] if result.observation is None else render(result.observation, ids[-1] if ids else None)
+    if len(ep.ids) + len(obs) >= max_tokens:  # no room left for the policy's next turn
+        ep.truncated = True
+        return False
+    ep.ids += obs
+    ep.action += [0] * len(obs)
+    ep.logprobs += [0.0] * len(obs)
+    ep.observation_tokens += len(obs)
+    return True
+
+
+def _assemble(
+    eps: list[_Episode], prompts: list[list[int]], G: int, temperature: float, tokenizer, calls: int, make_env
+) -> Episodes:
+    pad = tokenizer.pad_token_id
+    B = len(eps)
+    C = max([len(e.ids) for e in eps] + [1])
+    prompt_ids, prompt_mask = left_pad([p for p in prompts for _ in range(G)], pad)
+    ids = torch.full((B, C), pad, dtype=torch.long)
+    mask, action = torch.zeros(B, C, dtype=torch.long), torch.zeros(B, C, dtype=torch.long)
+    logprobs = torch.zeros(B, C, dtype=torch.float32)
+    for b, e in enumerate(eps):
+        n = len(e.ids)
+        ids[b, :n] = torch.tensor(e.ids, dtype=torch.long)
+        mask[b, :n] = 1
+        action[b, :n] = torch.tensor(e.action, dtype=torch.long)
+        logprobs[b, :n] = torch.tensor(e.logprobs, dtype=torch.float32)
+    roll = Rollout(
+        prompt_ids=prompt_ids,
+        prompt_mask=prompt_mask,
+        completion_ids=ids,
+        completion_mask=mask,
+        logprobs=logprobs,
+        truncated=torch.tensor([e.truncated for e in eps], dtype=torch.bool),
+        texts=tokenizer.batch_decode([e.ids for e in eps], skip_special_tokens=False),  # the turns stay visible
+        group_size=G,
+        temperature=temperature,
+        action_mask=action,
+    )
+    return Episodes(
+        rollout=roll,
+        final_texts=[e.last_text for e in eps],
+        env_rewards=torch.tensor([e.reward for e in eps], dtype=torch.float32),
+        stats=_episode_stats(eps, make_env),
+        engine_calls=calls,
+    )
+
+
+def _episode_stats(eps: list[_Episode], make_env: Callable[[], Environment]) -> dict[str, Tensor]:
+    """{key: [B]}: turns and observation tokens per episode, and what each environment's metrics() reports (a key
+    missing from an episode's metrics counts 0 there). With no episodes (an empty evaluation shard) the keys come
+    from a fresh environment, so every rank reports the same keys."""
+    per_env = [dict(getattr(e.env, "metrics", dict)() or {}) for e in eps]
+    if not eps:
+        per_env = [dict(getattr(make_env(), "metrics", dict)() or {})]
+    keys = sorted({k for m in per_env for k in m})
+    stats = {
+        "turns": torch.tensor([float(e.turns) for e in eps]),
+        "observation_tokens": torch.tensor([float(e.observation_tokens) for e in eps]),
+    }
+    for k in keys:
+        stats[k] = torch.tensor([float(m.get(k, 0.0)) for m in per_env] if eps else [])
+    return stats
+
+
+@dataclass
+class EpisodeRunner:
+    """What the trainer and the evaluation need to run a recipe's episodes: the environment factory, the episode
+    limits, the weight of the environment's reward and the recipe's system prompt (part of each row's messages)."""
+
+    make_env: Callable[[], Environment]
+    tokenizer: object
+    max_turns: int
+    max_tokens: int
+    reward_weight: float = 1.0
+    system_prompt: str | None = None
+    any_running: Callable[[bool], bool] | None = None
+
+    def rows(self, prompts) -> list[dict]:
+        """A PromptSet's rows as environments see them: the dataset columns, `prompt` (the prompt text) and
+        `messages` (the chat messages the model would be prompted with)."""
+        out = []
+        for i, text in enumerate(prompts.texts):
+            messages = prompts.prompt_messages[i]
+            if messages is None:
+                system = [{"role": "system", "content": self.system_prompt}] if self.system_prompt else []
+                messages = [*system, {"role": "user", "content": text}]
+            row = {k: v[i] for k, v in prompts.columns.items()}
+            out.append({**row, "prompt": text, "messages": [dict(m) for m in messages]})
+        return out
+
+    def run(
+        self, engine, prompts, group_size: int, sampling: SamplingParams, batch_size: int | None = None
+    ) -> Episodes:
+        """`group_size` episodes for each prompt of the PromptSet `prompts`."""
+        return run_episodes(
+            engine, self.tokenizer, self.make_env, self.rows(prompts), group_size, sampling, self.max_turns,
+            self.max_tokens, self.any_running, batch_size,
+        )  # fmt: skip
