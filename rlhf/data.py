@@ -140,6 +140,10 @@ def load_rows(path: str, name: str | None = None, split: str = "train") -> list[
 
     A bad local file is named with what is wrong in one line: missing, empty, or (JSON lines) the first line that is
     not a JSON object, by number. A hub dataset that cannot be reached says how to use a local file instead."""
+    if str(path).startswith("reasoning_gym:"):  # generated tasks: rlhf/interop/reasoning_gym.py
+        from rlhf.interop.reasoning_gym import load_reasoning_gym
+
+        return load_reasoning_gym(path, split)
     import datasets
 
     p = Path(path).expanduser()

@@ -56,6 +56,16 @@ def test_test_split_never_holds_a_training_question(rg):
     assert not {r["prompt"] for r in train} & {r["prompt"] for r in test}
 
 
+def test_recipe_data_path(rg):
+    from rlhf.data import load_eval_rows, load_rows
+
+    path = "reasoning_gym:leg_counting?size=6&seed=2"
+    rows = load_rows(path, None, "train")
+    assert len(rows) == 6 and json.loads(rows[0]["rg_config"])["seed"] == 2
+    train, held_out, where = load_eval_rows(rows, path, None, "train", "test", None, 3)
+    assert train == rows and len(held_out) == 3 and "split 'test'" in where
+
+
 def test_unknown_task_names_the_tasks(rg):
     from rlhf.interop.reasoning_gym import reasoning_gym_rows
 
