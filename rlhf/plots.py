@@ -165,6 +165,27 @@ def draw_time(ax, rows: list[dict]) -> bool:
     return True
 
 
+def draw_tool_use(ax, rows: list[dict]) -> bool:
+    """Multi-turn runs with tools: the fraction of training episodes that called a tool (and of greedy held-out
+    episodes, where evaluated), with the mean turns per episode on a second axis."""
+    steps, values = series(rows, "env/called_tool")
+    if not steps:
+        return False
+    ax.plot(steps, values, color="tab:cyan", linewidth=1.5, marker="." if len(steps) < 60 else None, label="train")
+    eval_steps, eval_values = series(rows, "eval/env/called_tool")
+    if eval_steps:
+        ax.plot(eval_steps, eval_values, color="tab:green", marker="o", linewidth=1.2, label="held-out (greedy)")
+    ax.set_ylim(0.0, 1.05)
+    turn_steps, turns = series(rows, "env/turns")
+    if turn_steps:
+        twin = ax.twinx()
+        twin.plot(turn_steps, turns, color="grey", linewidth=1, linestyle="--", label="turns per episode")
+        twin.set_ylabel("turns per episode")
+        twin.set_ylim(bottom=0)
+    _style(ax, "Episodes that called a tool", "fraction", legend=True)
+    return True
+
+
 @dataclass(frozen=True)
 class Chart:
     name: str
@@ -178,6 +199,7 @@ CHARTS = [
     Chart("loss_policy", draw_loss),
     Chart("completion_length", draw_length),
     Chart("step_time", draw_time),
+    Chart("tool_calls", draw_tool_use),
 ]
 
 
