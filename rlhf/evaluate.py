@@ -176,6 +176,39 @@ def gather_rows(accelerator, rows: list[dict]) -> list[dict]:
     return sorted(rows, key=lambda r: r["index"])
 
 
+def recipe_eval_setup(args: argparse.Namespace, tokenizer, accelerator):
+    """--recipe: (held-out PromptSet, reward functions, EpisodeRunner or None, description) as the trainer builds
+    them, so this command measures what the run's `eval/accuracy` measures (with the recipe's tools)."""
+    from rlhf.build import build_datasets
+    from rlhf.config import load_config
+    from rlhf.distributed import all_sum
+    from rlhf.envs import build_env
+    from rlhf.rollout.episodes import EpisodeRunner
+
+    cfg = load_config(args.recipe)
+    cfg.eval.every = cfg.eval.every or 1  # build the held-out set even when the recipe does not evaluate
+    if args.limit:
+        cfg.eval.num_samples = args.limit
+    _, prompts = build_datasets(cfg, tokenizer)
+    if prompts is None:
+        raise EvalError(f"recipe {args.recipe} has no held-out prompts (see its eval section)")
+    reward_fns = build_reward_functions(cfg.rewards)
+    args.reward = ", ".join(r.fn for r in cfg.rewards)
+    args.max_new_tokens = args.max_new_tokens_given or cfg.eval.max_new_tokens or cfg.rollout.max_new_tokens
+    episodes = None
+    e = cfg.env
+    if e.name is not None:
+        any_running = None
+        if accelerator.num_processes > 1:
+            any_running = lambda flag: all_sum(accelerator, float(flag)).item() > 0  # noqa: E731
+        make_env = build_env(e.name, e.kwargs, e.tools)
+        episodes = EpisodeRunner(
+            make_env, tokenizer, e.max_turns, e.max_tokens, e.reward_weight, cfg.data.system_prompt, any_running
+        )
+    where = f"held-out prompts of {args.recipe}" + (f" with env {e.name}" if e.name else "")
+    return prompts, reward_fns, episodes, where
+
+
 # ------------------------------------------------------------------------------------------------ command line
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(
@@ -185,6 +218,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--model", default="smollm2-135m-instruct", help="hub id, local directory or a short name")
     p.add_argument("--adapter", help="PEFT adapter directory (e.g. runs/NAME/adapter); folded into the model")
     p.add_argument("--dataset", default="arithmetic", help="arithmetic | gsm8k | math500 | a file | a hub id")
+    p.add_argument(
+        "--recipe",
+        help="a training recipe whose held-out prompts, reward functions and environment (multi-turn episodes, "
+        "tools) are used instead of --dataset / --reward / --system-prompt; greedy (--n 1) only",
+    )
     p.add_argument("--dataset-config", help="hub dataset configuration name")
     p.add_argument(
         "--data-dir",
@@ -220,8 +258,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     if args.n > 1 and args.temperature <= 0:
         raise EvalError("--n > 1 samples several completions per prompt: give --temperature > 0")
     args.greedy = args.n == 1 and args.temperature <= 0
+    if args.recipe and not args.greedy:
+        raise EvalError("--recipe evaluates greedy episodes: use --n 1 (pass@k of multi-turn episodes is not built)")
     args.prompt_column = args.prompt_column or preset.prompt_column
     args.prompt_template = preset.prompt_template if args.prompt_template is None else args.prompt_template
+    args.max_new_tokens_given = args.max_new_tokens
     args.max_new_tokens = args.max_new_tokens or preset.max_new_tokens
     if args.reward is None:
         math_ok = args.dataset == "math500" and _has_module("reward_models.math")
@@ -244,11 +285,15 @@ def run(args: argparse.Namespace) -> dict:
         tokenizer = load_tokenizer(args.model)
     except OSError as e:
         raise FileNotFoundError(f"could not load the tokenizer of {args.model!r}: {str(e).splitlines()[0]}") from e
-    rows, data_desc = load_eval_rows(args)
-    prompts = build_prompt_set(
-        rows, tokenizer, args.prompt_column, args.system_prompt, args.prompt_template, args.max_prompt_tokens
-    )
-    reward_fns = build_reward_functions([RewardSpec(fn=args.reward)])
+    episodes = None
+    if args.recipe:
+        prompts, reward_fns, episodes, data_desc = recipe_eval_setup(args, tokenizer, accelerator)
+    else:
+        rows, data_desc = load_eval_rows(args)
+        prompts = build_prompt_set(
+            rows, tokenizer, args.prompt_column, args.system_prompt, args.prompt_template, args.max_prompt_tokens
+        )
+        reward_fns = build_reward_functions([RewardSpec(fn=args.reward)])
     check_reward_signatures(reward_fns, list(prompts.columns))
     extractor_name, extract = answer_extractor(args.dataset, args.reward)
     model, peft_model = load_model(args.model, args.adapter, args.dtype)
@@ -264,8 +309,9 @@ def run(args: argparse.Namespace) -> dict:
     )
     common, threshold = (engine, prompts, reward_fns), args.success_threshold
     if args.greedy:
-        m, rows_out = greedy_eval(*common, args.max_new_tokens, args.batch_size, threshold, accelerator)
+        m, rows_out = greedy_eval(*common, args.max_new_tokens, args.batch_size, threshold, accelerator, episodes)
         metrics = {"pass@1": m["eval/accuracy"], "reward_mean": m["eval/reward_mean"]}
+        metrics.update({k.removeprefix("eval/"): v for k, v in m.items() if k.startswith("eval/env/")})
         metrics.update({"num_prompts": m["eval/num_samples"], "time/eval": m["time/eval"]})
         mine = range(rank, len(prompts), accelerator.num_processes)
         answers = prompts.columns.get("answer") or [None] * len(prompts)
