@@ -185,7 +185,7 @@ def recipe_eval_setup(args: argparse.Namespace, tokenizer, accelerator):
     from rlhf.envs import build_env
     from rlhf.rollout.episodes import EpisodeRunner
 
-    cfg = load_config(args.recipe)
+    cfg = load_config(args.recipe, args.set)
     cfg.eval.every = cfg.eval.every or 1  # build the held-out set even when the recipe does not evaluate
     if args.limit:
         cfg.eval.num_samples = args.limit
@@ -223,6 +223,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="a training recipe whose held-out prompts, reward functions and environment (multi-turn episodes, "
         "tools) are used instead of --dataset / --reward / --system-prompt; greedy (--n 1) only",
     )
+    p.add_argument(
+        "--set",
+        nargs="*",
+        default=[],
+        metavar="KEY=VALUE",
+        help="overrides of the --recipe's keys, e.g. env.name=single_turn env.tools=[] env.kwargs={} (no tools)",
+    )
     p.add_argument("--dataset-config", help="hub dataset configuration name")
     p.add_argument(
         "--data-dir",
@@ -258,6 +265,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     if args.n > 1 and args.temperature <= 0:
         raise EvalError("--n > 1 samples several completions per prompt: give --temperature > 0")
     args.greedy = args.n == 1 and args.temperature <= 0
+    if args.set and not args.recipe:
+        raise EvalError("--set overrides keys of a --recipe: give the recipe too")
     if args.recipe and not args.greedy:
         raise EvalError("--recipe evaluates greedy episodes: use --n 1 (pass@k of multi-turn episodes is not built)")
     args.prompt_column = args.prompt_column or preset.prompt_column
