@@ -250,7 +250,13 @@ def test_format_number():
 
 @pytest.fixture(scope="module")
 def python():
-    return PythonExecutor(timeout=1.0, memory_mb=256, max_output_bytes=20_000)
+    """Generous time (a loaded machine starts interpreters slowly); the timeout tests use `impatient`."""
+    return PythonExecutor(timeout=20.0, memory_mb=256, max_output_bytes=20_000)
+
+
+@pytest.fixture(scope="module")
+def impatient():
+    return PythonExecutor(timeout=1.0, memory_mb=256)
 
 
 def test_python_output(python):
@@ -276,19 +282,19 @@ def test_python_crash_is_an_error_with_the_users_frames_only(python):
 
 
 @pytest.mark.parametrize("code", ["while True: pass", "import time; time.sleep(30)", "9**9**9"])
-def test_python_timeout(python, code):
+def test_python_timeout(impatient, code):
     start = time.perf_counter()
     with pytest.raises(ToolError, match="timed out after 1 s|MemoryError"):
-        python(code)
-    assert time.perf_counter() - start < 5
+        impatient(code)
+    assert time.perf_counter() - start < 10
 
 
-def test_python_timeout_kills_children(python, tmp_path):
+def test_python_timeout_kills_children(impatient, tmp_path):
     marker = tmp_path / "alive"
     child = f"import time; time.sleep(2); open({str(marker)!r}, 'w')"
     code = f"import subprocess, sys\nsubprocess.Popen([sys.executable, '-c', {child!r}])\nwhile True: pass"
     with pytest.raises(ToolError, match="timed out"):
-        python(code)
+        impatient(code)
     time.sleep(2.5)
     assert not marker.exists()  # the whole process group was killed
 
@@ -325,7 +331,7 @@ def _listening_socket():
 def test_python_no_network(network):
     if network == "namespace" and namespace_prefix() is None:
         pytest.skip("`unshare -n` / `unshare -rn` does not work on this machine")
-    tool = PythonExecutor(timeout=2.0, network=network)
+    tool = PythonExecutor(timeout=20.0, network=network)
     assert tool.sandbox()["network"] == ("socket guard" if network == "guard" else "namespace")
     with _listening_socket() as server:  # reachable from the parent, not from the tool
         port = server.getsockname()[1]
