@@ -3,8 +3,8 @@
 Two call formats (`style`):
 
 - `"tags"`: `<NAME>ARGS</NAME>` for a registered tool NAME, e.g. `<calculator>347*28</calculator>`. Only registered
-  names are recognised, so ordinary text with angle brackets is never taken for a call; small models copy this
-  format from one example reliably.
+  names are recognised, so ordinary text with angle brackets is never taken for a call; the format is short
+  enough for a small model to copy from one worked example.
 - `"json"`: the Hermes / Qwen format, `<tool_call>{"name": "calculator", "arguments": {"expression": "347*28"}}
   </tool_call>`, for models whose chat template defines tool calls (pass `tool_schemas(tools)` to
   `apply_chat_template(..., tools=...)` so the template describes them in its own words).
