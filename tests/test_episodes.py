@@ -149,6 +149,10 @@ def test_lockstep_dummy_call_when_this_rank_is_done(tokenizer):
     )
     assert ep.engine_calls == 3 and [c[2].max_new_tokens for c in engine.calls] == [8, 1, 1]
     assert ep.stats["turns"].tolist() == [1.0]
+    # a rank with no prompts at all (an uneven evaluation shard) takes part in the turns too
+    engine = ScriptedEngine(tokenizer, [t] * 2)
+    ep = run_episodes(engine, tokenizer, make, [], 1, SamplingParams(max_new_tokens=8), 2, 100, lambda f: True)
+    assert ep.engine_calls == 2 and ep.rollout.completion_ids.shape[0] == 0 and ep.final_texts == []
 
 
 def test_tool_env_runs_calls_and_reports(tokenizer):

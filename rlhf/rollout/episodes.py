@@ -216,7 +216,10 @@ def _assemble(
     pad = tokenizer.pad_token_id
     B = len(eps)
     C = max([len(e.ids) for e in eps] + [1])
-    prompt_ids, prompt_mask = left_pad([p for p in prompts for _ in range(G)], pad)
+    if eps:
+        prompt_ids, prompt_mask = left_pad([p for p in prompts for _ in range(G)], pad)
+    else:  # an empty evaluation shard, which still took part in the turns
+        prompt_ids, prompt_mask = torch.zeros(0, 1, dtype=torch.long), torch.zeros(0, 1, dtype=torch.long)
     ids = torch.full((B, C), pad, dtype=torch.long)
     mask, action = torch.zeros(B, C, dtype=torch.long), torch.zeros(B, C, dtype=torch.long)
     logprobs = torch.zeros(B, C, dtype=torch.float32)
