@@ -312,3 +312,15 @@ def test_hub_ids_offline_and_local_folders(tmp_path, monkeypatch, tiny_model_dir
     (tmp_path / "config.json").write_text('{"model_type": "llama"}')
     with pytest.raises(FileNotFoundError, match=rf"could not load the tokenizer of model `{tmp_path}` from the folder"):
         load_tokenizer(str(tmp_path))
+
+
+def test_arithmetic_second_operand_range():
+    """b_range draws b from its own range (three-digit x two-digit); without it b shares a's range, as before."""
+    from rlhf.data import arithmetic_problems
+
+    train, held = arithmetic_problems(100, 999, ["*"], 50, 10, "Compute {a} {op} {b}.", seed=0, b_range=(10, 99))
+    for r in train + held:
+        assert 100 <= r["a"] <= 999 and 10 <= r["b"] <= 99 and r["answer"] == str(r["a"] * r["b"])
+    assert not {(r["a"], r["b"]) for r in train} & {(r["a"], r["b"]) for r in held}
+    same = arithmetic_problems(10, 99, ["+"], 20, 5, "{a}{op}{b}", seed=3)
+    assert arithmetic_problems(10, 99, ["+"], 20, 5, "{a}{op}{b}", seed=3, b_range=(10, 99)) == same

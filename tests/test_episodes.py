@@ -253,3 +253,21 @@ def test_evaluate_command_runs_the_recipes_episodes(tiny_model_dir, tmp_path):
     assert {"pass@1", "env/called_tool", "env/turns"} <= set(results["metrics"])
     sample = json.loads((out / "samples.jsonl").read_text().splitlines()[0])
     assert sample["prompt"].startswith("Compute ") and " * " in sample["prompt"]
+
+
+def test_score_rollout_scores_the_last_turn_and_adds_the_environment_reward():
+    """Reward functions see `completions` (the last turn) instead of the episode text; the environment's reward adds
+    with its weight and is reported under its own name."""
+    from types import SimpleNamespace
+
+    from rlhf.config import RewardSpec
+    from rlhf.rewards import build_reward_functions, score_rollout
+
+    fns = build_reward_functions([RewardSpec(fn="reward_models.numeric:numeric_answer_reward", weight=2.0)])
+    roll = SimpleNamespace(texts=["<calculator>2*3</calculator> 6 -> 7", "x"], lengths=torch.tensor([9, 1]))
+    total, per_fn, _ = score_rollout(
+        fns, ["q"], {"answer": ["6"]}, roll, 2, completions=["6", "5"], extra={"env": (torch.tensor([0.5, 1.0]), 0.1)}
+    )
+    assert per_fn["numeric_answer_reward"].tolist() == [1.0, 0.0]
+    assert total.tolist() == pytest.approx([2.0 + 0.05, 0.1])
+    assert per_fn["env"].tolist() == [0.5, 1.0]

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor
@@ -35,6 +36,10 @@ from torch import Tensor
 from rlhf.data import encode_prompt, left_pad
 from rlhf.envs.base import Environment, StepResult
 from rlhf.rollout.types import Rollout, SamplingParams
+
+if TYPE_CHECKING:
+    from rlhf.data import PromptSet
+    from rlhf.rollout.engine import Engine
 
 _MARKER = "\x00ACTION\x00"
 
@@ -123,7 +128,7 @@ def first_observations(envs: list[Environment], rows: list[dict], group_size: in
 
 
 def run_episodes(
-    engine,
+    engine: Engine,
     tokenizer,
     make_env: Callable[[], Environment],
     rows: list[dict],
@@ -280,7 +285,7 @@ class EpisodeRunner:
     system_prompt: str | None = None
     any_running: Callable[[bool], bool] | None = None
 
-    def rows(self, prompts) -> list[dict]:
+    def rows(self, prompts: PromptSet) -> list[dict]:
         """A PromptSet's rows as environments see them: the dataset columns, `prompt` (the prompt text) and
         `messages` (the chat messages the model would be prompted with)."""
         out = []
@@ -294,7 +299,12 @@ class EpisodeRunner:
         return out
 
     def run(
-        self, engine, prompts, group_size: int, sampling: SamplingParams, batch_size: int | None = None
+        self,
+        engine: Engine,
+        prompts: PromptSet,
+        group_size: int,
+        sampling: SamplingParams,
+        batch_size: int | None = None,
     ) -> Episodes:
         """`group_size` episodes for each prompt of the PromptSet `prompts`."""
         return run_episodes(
