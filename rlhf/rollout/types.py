@@ -35,7 +35,7 @@ class Rollout:
     completion_mask: Tensor  # [B, C] long: 1 on the episode's tokens (sampled or inserted), incl. the final EOS / stop
     logprobs: Tensor  # [B, C] float32 behaviour log-probs of sampled tokens at `temperature`, 0 where ~action_mask
     truncated: Tensor  # [B] bool: hit the token budget without EOS or stop
-    texts: list[str]  # decoded episodes, special tokens removed
+    texts: list[str]  # decoded episodes, special tokens removed (multi-turn: kept, so the turns stay visible)
     group_size: int = 1  # G: completions per prompt
     temperature: float = 1.0  # the sampling temperature the behaviour log-probs were taken at
     action_mask: Tensor | None = None  # [B, C] long: 1 on tokens the policy sampled; None = completion_mask
