@@ -186,16 +186,21 @@ def _metrics(out: Path) -> list[dict]:
     return [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
 
 
-@pytest.mark.parametrize("algorithm", ["grpo", "ppo"])
+@pytest.mark.parametrize(
+    "algorithm", ["grpo", "ppo", "grpo+dynamic_sampling"], ids=["grpo", "ppo", "grpo-dynamic-sampling"]
+)
 def test_trainer_multi_turn_token_in_token_out(algorithm, tiny_model_dir, tmp_path):
     """Three-turn episodes through the built-in engine: the trainer's recomputed log-probs of the sampled tokens equal
-    the sampler's (mismatch ~0), observation tokens are in the episodes, env metrics are logged, eval runs episodes."""
+    the sampler's (mismatch ~0), observation tokens are in the episodes, env metrics are logged, eval runs episodes.
+    With dynamic sampling, the per-episode numbers follow the rows it keeps."""
     from rlhf.trainer import Trainer
 
     out = tmp_path / "run"
+    name, *dynamic = algorithm.split("+")
     over = [
         *tiny_run(tiny_model_dir, out),
-        f"algorithm.name={algorithm}",
+        f"algorithm.name={name}",
+        *(["algorithm.dynamic_sampling=true"] if dynamic else []),
         f"env.name={ENVS}:CountdownEnv",
         "env.max_turns=3",
         "env.max_tokens=80",
