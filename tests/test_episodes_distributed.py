@@ -1,8 +1,11 @@
-"""Multi-turn episodes under a 2-process DeepSpeed ZeRO-2 launch: episodes end at different turns on the two ranks,
-which still make the same number of engine calls (lockstep), and the evaluation's uneven shards run episodes too."""
+"""Multi-turn episodes under 2-process DeepSpeed ZeRO-2 and ZeRO-3 launches: episodes end at different turns on the two
+ranks, which still make the same number of engine calls (lockstep; under ZeRO-3 each call gathers the sharded weights,
+a collective, so a rank that skipped one would hang the other), and the evaluation's uneven shards run episodes too."""
 
 import json
 from pathlib import Path
+
+import pytest
 
 from tests.conftest import launch, tiny_run
 
@@ -10,10 +13,11 @@ REPO = Path(__file__).resolve().parents[1]
 ENVS = REPO / "tests" / "env_fixtures.py"
 
 
-def test_zero2_two_process_multi_turn_run(tiny_model_dir, tmp_path):
+@pytest.mark.parametrize("stage", [2, 3])
+def test_two_process_multi_turn_run(stage, tiny_model_dir, tmp_path):
     out = tmp_path / "run"
     proc = launch(
-        "zero2",
+        f"zero{stage}",
         "-m",
         "rlhf.train",
         REPO / "recipes" / "grpo_arithmetic_smollm2.yaml",
@@ -34,4 +38,4 @@ def test_zero2_two_process_multi_turn_run(tiny_model_dir, tmp_path):
     assert all(1.0 <= r["env/turns"] <= 3.0 and r["env/observation_tokens"] > 0 for r in steps)
     assert [r["eval/num_samples"] for r in rows if "eval/accuracy" in r] == [5, 5]
     manifest = json.loads((out / "checkpoints" / "step-000002" / "manifest.json").read_text())
-    assert (manifest["backend"], manifest["zero_stage"], manifest["world_size"]) == ("deepspeed", 2, 2)
+    assert (manifest["backend"], manifest["zero_stage"], manifest["world_size"]) == ("deepspeed", stage, 2)
