@@ -19,6 +19,7 @@ from rlhf.policy import Policy  # noqa: E402
 from rlhf.rollout import BuiltinEngine, SamplingParams  # noqa: E402
 from rlhf.rollout.vllm import VLLMEngine, resolve_sync, vllm_state_dict  # noqa: E402
 from rlhf.trainer import Trainer  # noqa: E402
+from tests.conftest import launch  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 RECIPE = REPO / "recipes" / "grpo_arithmetic_smollm2.yaml"
@@ -261,6 +262,23 @@ def test_training_run_resumes_exactly_and_logs_the_mismatch(tiny_dir, tmp_path):
     steps = [r for r in a if "loss/policy" in r]
     assert all(r["rollout/mismatch_abs_max"] < 1e-3 for r in steps)  # float32: vLLM and the trainer agree
     assert any("eval/accuracy" in r for r in a)
+
+
+def test_engine_leaves_the_runs_generators_alone(policy, tok):
+    torch.manual_seed(123)
+    expected = torch.rand(3)
+    torch.manual_seed(123)
+    VLLMEngine(policy, tok, sync="merged").close()  # vLLM seeds the global generators in process; we put them back
+    assert torch.equal(torch.rand(3), expected)
+
+
+def test_two_process_ddp_run(tiny_dir, tmp_path):
+    """One engine per rank inside accelerate's process group (vLLM's external_launcher mode)."""
+    proc = launch("ddp", "-m", "rlhf.train", RECIPE, *_overrides(tiny_dir, tmp_path / "ddp", "train.max_steps=2"))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rows = _rows(tmp_path / "ddp")
+    assert [r["step"] for r in rows if "loss/policy" in r] == [1, 2]
+    assert rows[-1]["rollout/mismatch_abs_max"] < 1e-3
 
 
 def test_evaluate_command_through_vllm(tiny_dir, tmp_path):

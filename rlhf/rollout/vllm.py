@@ -37,6 +37,7 @@ import time
 import torch
 from torch import Tensor, nn
 
+from rlhf.checkpoint_state import rng_state, set_rng_state
 from rlhf.rollout.types import Rollout, SamplingParams
 
 log = logging.getLogger("rlhf")
@@ -131,10 +132,15 @@ class VLLMEngine:
             kwargs["max_model_len"] = max_model_len
         if batch_size > 0:
             kwargs["max_num_seqs"] = batch_size
+        if accelerator is not None and accelerator.num_processes > 1:
+            # one engine per training process, inside the process group the launcher made (vLLM's torchrun mode)
+            kwargs["distributed_executor_backend"] = "external_launcher"
         if self.sync == "lora":
             kwargs.update(enable_lora=True, max_loras=1, max_lora_rank=_lora_rank(model))
         t0 = time.perf_counter()
+        before = rng_state()
         self.llm = self.vllm.LLM(**kwargs)
+        set_rng_state(before)  # in process, vLLM seeds the global generators: the run's seeding stays the run's
         log.info("vLLM engine ready in %.1fs (dtype %s, weight sync %s)", time.perf_counter() - t0, dtype, self.sync)
         self.lora_request = None
         self.sync_seconds: list[float] = []
