@@ -272,11 +272,14 @@ def test_engine_leaves_the_runs_generators_alone(policy, tok):
     assert torch.equal(torch.rand(3), expected)
 
 
-def test_two_process_ddp_run(tiny_dir, tmp_path):
-    """One engine per rank inside accelerate's process group (vLLM's external_launcher mode)."""
-    proc = launch("ddp", "-m", "rlhf.train", RECIPE, *_overrides(tiny_dir, tmp_path / "ddp", "train.max_steps=2"))
+@pytest.mark.parametrize("launcher", ["ddp", "zero3"])
+def test_two_process_run(launcher, tiny_dir, tmp_path):
+    """One engine per rank inside accelerate's process group (vLLM's external_launcher mode); under ZeRO-3 each sync
+    gathers the shards once."""
+    out = tmp_path / launcher
+    proc = launch(launcher, "-m", "rlhf.train", RECIPE, *_overrides(tiny_dir, out, "train.max_steps=2"))
     assert proc.returncode == 0, proc.stderr[-3000:]
-    rows = _rows(tmp_path / "ddp")
+    rows = _rows(out)
     assert [r["step"] for r in rows if "loss/policy" in r] == [1, 2]
     assert rows[-1]["rollout/mismatch_abs_max"] < 1e-3
 
