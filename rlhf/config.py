@@ -137,7 +137,8 @@ class RolloutConfig:
     batch_size: int = doc("Sequences generated at once (memory budget); 0 = all of a step's at once.", 0)
     engine: str = doc(
         "Rollout engine: a name in `rlhf.rollout.ENGINES` (`builtin`: cached decoding with the training model; `vllm`: "
-        "vLLM's offline engine in process, settings under `rollout.vllm`) or an import path `package.module:Class` implementing `rlhf.rollout.Engine`. Training, evaluation and "
+        "vLLM's offline engine in process, settings under `rollout.vllm`) or an import path `package.module:Class` "
+        "implementing `rlhf.rollout.Engine`. Training, evaluation and "
         "`python -m rlhf.evaluate` all generate through it.",
         "builtin",
     )
