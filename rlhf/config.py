@@ -103,6 +103,32 @@ class DataConfig:
 
 
 @dataclass
+class VLLMConfig:
+    """Settings of `rollout.engine: vllm` (vLLM's offline engine in the training process, Kwon et al. 2023,
+    arXiv:2309.06180). Needs the extra environment: `make install-vllm`."""
+
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = doc(
+        "vLLM's weight dtype; `auto` = the policy's (model.dtype).", "auto"
+    )
+    sync: Literal["auto", "merged", "lora"] = doc(
+        "How weights reach vLLM after every optimizer step. merged: the LoRA delta folded into the base weights and "
+        "the full state dict reloaded in process; lora: the adapter alone through vLLM's LoRA path; auto: merged on "
+        "CPU (faster there, measured), lora on CUDA.",
+        "auto",
+    )
+    kv_cache_gib: float = doc("Memory for vLLM's KV cache, in GiB (CPU or GPU).", 1.0)
+    gpu_memory_utilization: float = doc(
+        "On CUDA: the share of GPU memory vLLM may take for weights, activations and KV cache; training keeps the "
+        "rest (colocated). Unused on CPU.",
+        0.3,
+    )
+    max_model_len: int = doc("Longest prompt + completion vLLM plans for; 0 = the model's context length.", 0)
+    enforce_eager: bool = doc(
+        "Run eagerly: no torch.compile or CUDA graphs (compiling takes minutes on CPU; on CUDA, false is faster).", True
+    )
+
+
+@dataclass
 class RolloutConfig:
     """The rollout engine: G sampled completions per prompt."""
 
@@ -118,8 +144,9 @@ class RolloutConfig:
     )
     batch_size: int = doc("Sequences generated at once (memory budget); 0 = all of a step's at once.", 0)
     engine: str = doc(
-        "Rollout engine: a name in `rlhf.rollout.ENGINES` (`builtin`: cached decoding with the training model) or an "
-        "import path `package.module:Class` implementing `rlhf.rollout.Engine`. Training, evaluation and "
+        "Rollout engine: a name in `rlhf.rollout.ENGINES` (`builtin`: cached decoding with the training model; `vllm`: "
+        "vLLM's offline engine in process, settings under `rollout.vllm`) or an import path `package.module:Class` "
+        "implementing `rlhf.rollout.Engine`. Training, evaluation and "
         "`python -m rlhf.evaluate` all generate through it.",
         "builtin",
     )
@@ -128,6 +155,7 @@ class RolloutConfig:
         "bit-exactly afterwards.",
         True,
     )
+    vllm: VLLMConfig = doc("Settings of the vLLM engine (`engine: vllm`).", factory=VLLMConfig)
 
 
 @dataclass
@@ -638,6 +666,10 @@ def validate(cfg: Config) -> None:
     need(0 < r.top_p <= 1, "rollout.top_p must be in (0, 1]")
     need(r.top_k >= 0, "rollout.top_k must be >= 0 (0 = off)")
     need(r.batch_size >= 0, "rollout.batch_size must be >= 0 (0 = all at once)")
+    vl = r.vllm
+    need(vl.kv_cache_gib > 0, "rollout.vllm.kv_cache_gib must be > 0")
+    need(0 < vl.gpu_memory_utilization <= 1, "rollout.vllm.gpu_memory_utilization must be in (0, 1]")
+    need(vl.max_model_len >= 0, "rollout.vllm.max_model_len must be >= 0 (0 = the model's)")
     need(t.max_steps >= 1, "train.max_steps must be >= 1")
     need(t.max_minutes is None or t.max_minutes > 0, "train.max_minutes must be > 0 (or none = no limit)")
     need(t.prompts_per_step >= 1, "train.prompts_per_step must be >= 1")

@@ -49,7 +49,7 @@ from rlhf.models import count_parameters, load_policy, load_tokenizer, reference
 from rlhf.outputs import RunOutputs, episode_metrics, rollout_metrics
 from rlhf.policy import RUN_OVERHEAD_TOKENS, Policy
 from rlhf.rewards import build_reward_functions, check_reward_signatures, score_rollout
-from rlhf.rollout import Rollout, SamplingParams, build_engine
+from rlhf.rollout import Rollout, SamplingParams, build_engine, engine_options
 from rlhf.rollout.episodes import EpisodeRunner, Episodes
 from rlhf.run_dir import append_history, check_resume_config, claim_output_dir
 from rlhf.run_utils import StopNow, StopRequest, flat_config, progress_bar, seed_everything
@@ -129,7 +129,7 @@ class Trainer:
         r = cfg.rollout
         self.engine = build_engine(
             r.engine, model=model, tokenizer=self.tokenizer, accelerator=acc, merge_adapter=r.merge_adapter,
-            batch_size=r.batch_size,
+            batch_size=r.batch_size, **engine_options(r.engine, r),
         )  # fmt: skip
         self.updater = Updater(
             acc, self.policy, self.optimizer, self.scheduler, build_update_settings(cfg, spec), self.policy_logprobs,

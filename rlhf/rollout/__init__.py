@@ -5,7 +5,7 @@ The interface (`Engine`) is three methods; `ENGINES` maps `rollout.engine` names
 """
 
 from rlhf.rollout.builtin import BuiltinEngine, generate, generate_batched
-from rlhf.rollout.engine import ENGINES, Engine, build_engine, resolve_engine
+from rlhf.rollout.engine import ENGINES, Engine, build_engine, engine_options, resolve_engine
 from rlhf.rollout.sampling import StopChecker, _sample_categorical, sample_next
 from rlhf.rollout.types import Rollout, SamplingParams, concat_rollouts
 
@@ -19,6 +19,7 @@ __all__ = [
     "_sample_categorical",
     "build_engine",
     "concat_rollouts",
+    "engine_options",
     "generate",
     "generate_batched",
     "resolve_engine",

@@ -11,16 +11,26 @@ The trainer, in-training evaluation and `python -m rlhf.evaluate` all generate t
 - `close()`: release what the engine holds (processes, memory); called once when the run ends.
 
 Engines are built by `build_engine(name, model=..., tokenizer=..., accelerator=..., merge_adapter=...,
-batch_size=...)`: a name in `ENGINES` or an import path `package.module:Class` whose constructor takes those keywords.
+batch_size=...)`: a name in `ENGINES` or an import path `package.module:Class` whose constructor takes those keywords;
+an engine with a config section `rollout.<name>` (`rollout.vllm`) also gets its fields as keywords (`engine_options`).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
+from collections.abc import Callable
 from typing import Protocol, runtime_checkable
 
 from rlhf.rollout.builtin import BuiltinEngine
 from rlhf.rollout.types import Rollout, SamplingParams
+
+
+def _vllm_engine(**kwargs):
+    """`rollout.engine: vllm`, imported only when chosen (the main environment has no vLLM)."""
+    from rlhf.rollout.vllm import VLLMEngine
+
+    return VLLMEngine(**kwargs)
 
 
 @runtime_checkable
@@ -35,8 +45,9 @@ class Engine(Protocol):
 
 
 # name -> engine class: one row per engine
-ENGINES: dict[str, type] = {
+ENGINES: dict[str, Callable[..., Engine]] = {
     "builtin": BuiltinEngine,
+    "vllm": _vllm_engine,
 }
 
 
@@ -54,6 +65,12 @@ def resolve_engine(name: str) -> type:
     close = difflib.get_close_matches(name, list(ENGINES), n=1)
     hint = f"did you mean `{close[0]}`?" if close else "or give an import path `package.module:Class`"
     raise ValueError(f"rollout.engine={name!r} is not one of {', '.join(ENGINES)}; {hint}")
+
+
+def engine_options(name: str, rollout) -> dict:
+    """The engine's own settings: the fields of `rollout.<name>` (e.g. `rollout.vllm`) when that section exists."""
+    section = getattr(rollout, name, None) if name.isidentifier() else None
+    return dataclasses.asdict(section) if dataclasses.is_dataclass(section) else {}
 
 
 def build_engine(name: str, **kwargs) -> Engine:
