@@ -2,12 +2,8 @@
 
 from __future__ import annotations
 
-import importlib
-import importlib.util
 import inspect
-import sys
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 from rlhf.tools.base import Tool
@@ -84,25 +80,12 @@ def _check_tool(tool: Any, target: str) -> None:
 
 
 def _import(path: str) -> Any:
-    """`pkg.module:name` or `path/to/file.py:name` -> the object."""
+    """`pkg.module:name` or `path/to/file.py:name` -> the object (the same loader as reward functions')."""
     if ":" not in path:
         raise ValueError(f"tool {path!r}: not a built-in ({', '.join(TOOLS)}); name others as `pkg.module:Class`")
-    module_path, name = path.rsplit(":", 1)
-    if module_path.endswith(".py"):
-        file = Path(module_path)
-        if not file.is_file():
-            raise ValueError(f"tool {path!r}: file {module_path!r} not found")
-        mod_name = f"_rlhf_tool_{file.stem}_{abs(hash(str(file.resolve())))}"
-        if (module := sys.modules.get(mod_name)) is None:
-            spec = importlib.util.spec_from_file_location(mod_name, file)
-            module = importlib.util.module_from_spec(spec)
-            sys.modules[mod_name] = module
-            spec.loader.exec_module(module)
-    else:
-        try:
-            module = importlib.import_module(module_path)
-        except ImportError as e:
-            raise ValueError(f"tool {path!r}: cannot import module {module_path!r}: {e}") from e
-    if not hasattr(module, name):
-        raise ValueError(f"tool {path!r}: module {module_path!r} has no attribute {name!r}")
-    return getattr(module, name)
+    from rlhf.rewards import RewardError, import_object
+
+    try:
+        return import_object(path)
+    except RewardError as e:  # its wording speaks of rewards
+        raise ValueError(f"tool {path!r}: {str(e).split(': ', 1)[-1]}") from None
