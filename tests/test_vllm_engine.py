@@ -292,3 +292,22 @@ def test_evaluate_command_through_vllm(tiny_dir, tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     results = json.loads((out / "results.json").read_text())
     assert results["metrics"]["num_prompts"] == 4
+
+
+def test_multi_turn_episodes_through_vllm(tiny_dir, tmp_path):
+    """The episode runner drives vLLM like any engine (later turns are prompts made of whole histories): training on
+    episodes of 1-3 turns keeps the sampled tokens' log-probs equal to the trainer's, observation tokens masked out."""
+    out = tmp_path / "episodes"
+    envs = REPO / "tests" / "env_fixtures.py"
+    extra = (
+        "train.max_steps=2",
+        f"env.name={envs}:CountdownEnv",
+        "env.kwargs={turns: 3, by_row: true}",
+        "env.max_tokens=24",
+    )
+    Trainer(load_config(RECIPE, _overrides(tiny_dir, out, *extra))).train()
+    steps = [r for r in _rows(out) if "loss/policy" in r]
+    assert [r["step"] for r in steps] == [1, 2]
+    assert all(r["rollout/mismatch_abs_max"] < 1e-3 and r["env/turns"] >= 1 for r in steps)
+    assert sum(r["env/observation_tokens"] for r in steps) > 0  # some episodes took more than one turn
+    assert any("eval/env/turns" in r for r in _rows(out))  # held-out episodes ran through vLLM too
