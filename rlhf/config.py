@@ -84,7 +84,9 @@ class DataConfig:
     """Where prompts come from and how they become chat messages."""
 
     path: str = doc(
-        "`arithmetic` (built-in), a hub dataset id, or a local .jsonl/.json/.parquet/.csv file.", "arithmetic"
+        "`arithmetic` (built-in), a hub dataset id, a local .jsonl/.json/.parquet/.csv file, or "
+        "`reasoning_gym:TASK?key=value&...` (a procedurally generated reasoning-gym task; `make install-reasoning`).",
+        "arithmetic",
     )
     name: str | None = doc("Hub dataset configuration name.", None)
     split: str = doc("Split to train on.", "train")
