@@ -69,15 +69,17 @@ class RewardError(RuntimeError):
     """A reward function failed; the message names the function, the row and the cause."""
 
 
-def import_object(path: str) -> Any:
-    """`pkg.module:name` or `path/to/file.py:name` -> the object."""
+def import_object(path: str, label: str | None = None, error: type[Exception] = RewardError) -> Any:
+    """`pkg.module:name` or `path/to/file.py:name` -> the object. Failures raise `error` with a message starting
+    `label: ` (default `reward 'path'`); engines, environments and tools pass their own key and ValueError."""
+    label = f"reward {path!r}" if label is None else label
     if ":" not in path:
-        raise RewardError(f"reward {path!r}: write it as `package.module:function` or `file.py:function`")
+        raise error(f"{label}: write it as `package.module:function` or `file.py:function`")
     module_path, name = path.rsplit(":", 1)
     if module_path.endswith(".py"):
         file = Path(module_path)
         if not file.is_file():
-            raise RewardError(f"reward {path!r}: file {module_path!r} not found")
+            raise error(f"{label}: file {module_path!r} not found")
         mod_name = f"_rlhf_user_{file.stem}_{abs(hash(str(file.resolve())))}"
         module = sys.modules.get(mod_name)
         if module is None:
@@ -89,9 +91,9 @@ def import_object(path: str) -> Any:
         try:
             module = importlib.import_module(module_path)
         except ImportError as e:
-            raise RewardError(f"reward {path!r}: cannot import module {module_path!r}: {e}") from e
+            raise error(f"{label}: cannot import module {module_path!r}: {e}") from e
     if not hasattr(module, name):
-        raise RewardError(f"reward {path!r}: module {module_path!r} has no attribute {name!r}")
+        raise error(f"{label}: module {module_path!r} has no attribute {name!r}")
     return getattr(module, name)
 
 

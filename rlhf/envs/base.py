@@ -74,12 +74,9 @@ def resolve_env(name: str) -> type:
     if name in ENVIRONMENTS:
         return ENVIRONMENTS[name]()
     if ":" in name:
-        from rlhf.rewards import RewardError, import_object
+        from rlhf.rewards import import_object
 
-        try:
-            return import_object(name)
-        except RewardError as e:  # its wording speaks of rewards
-            raise ValueError(f"env.name={name!r}: {str(e).split(': ', 1)[-1]}") from None
+        return import_object(name, f"env.name={name!r}", ValueError)
     close = difflib.get_close_matches(name, list(ENVIRONMENTS), n=1)
     hint = f"did you mean `{close[0]}`?" if close else "or give an import path `package.module:Class`"
     raise ValueError(f"env.name={name!r} is not one of {', '.join(ENVIRONMENTS)}; {hint}")

@@ -27,12 +27,9 @@ RESERVED = ("done", "reward", "metadata")
 
 
 def _resolve(path: str, what: str) -> Any:
-    from rlhf.rewards import RewardError, import_object
+    from rlhf.rewards import import_object
 
-    try:
-        return import_object(path)
-    except RewardError as e:  # its wording speaks of rewards
-        raise ValueError(f"OpenEnvAdapter {what}={path!r}: {str(e).split(': ', 1)[-1]}") from None
+    return import_object(path, f"OpenEnvAdapter {what}={path!r}", ValueError)
 
 
 class OpenEnvAdapter:

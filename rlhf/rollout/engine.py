@@ -56,12 +56,9 @@ def resolve_engine(name: str) -> type:
     if name in ENGINES:
         return ENGINES[name]
     if ":" in name:
-        from rlhf.rewards import RewardError, import_object
+        from rlhf.rewards import import_object
 
-        try:
-            return import_object(name)
-        except RewardError as e:  # its wording speaks of rewards
-            raise ValueError(f"rollout.engine={name!r}: {str(e).split(': ', 1)[-1]}") from None
+        return import_object(name, f"rollout.engine={name!r}", ValueError)
     close = difflib.get_close_matches(name, list(ENGINES), n=1)
     hint = f"did you mean `{close[0]}`?" if close else "or give an import path `package.module:Class`"
     raise ValueError(f"rollout.engine={name!r} is not one of {', '.join(ENGINES)}; {hint}")

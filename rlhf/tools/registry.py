@@ -83,9 +83,6 @@ def _import(path: str) -> Any:
     """`pkg.module:name` or `path/to/file.py:name` -> the object (the same loader as reward functions')."""
     if ":" not in path:
         raise ValueError(f"tool {path!r}: not a built-in ({', '.join(TOOLS)}); name others as `pkg.module:Class`")
-    from rlhf.rewards import RewardError, import_object
+    from rlhf.rewards import import_object
 
-    try:
-        return import_object(path)
-    except RewardError as e:  # its wording speaks of rewards
-        raise ValueError(f"tool {path!r}: {str(e).split(': ', 1)[-1]}") from None
+    return import_object(path, f"tool {path!r}", ValueError)
