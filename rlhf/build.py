@@ -8,7 +8,7 @@ import logging
 
 import torch
 
-from rlhf.config import Config
+from rlhf.config import ArithmeticConfig, Config
 from rlhf.data import arithmetic_problems, build_prompt_set, load_eval_rows, load_rows, rename_columns
 from rlhf.run_utils import lr_lambda
 from rlhf.update import UpdateSettings
@@ -16,21 +16,26 @@ from rlhf.update import UpdateSettings
 log = logging.getLogger("rlhf")
 
 
+def arithmetic_rows(a: ArithmeticConfig, seed: int, template: str | None = None) -> tuple[list[dict], list[dict]]:
+    """(train rows, held-out rows) of the built-in arithmetic task as `data.arithmetic` describes it; `template`
+    rewords the same problems (the demo's generalisation check)."""
+    return arithmetic_problems(
+        a.min_operand,
+        a.max_operand,
+        a.operators,
+        a.num_train,
+        a.num_eval,
+        a.template if template is None else template,
+        b_range=a.operand_b_range,
+        seed=seed,
+    )
+
+
 def build_datasets(cfg: Config, tokenizer):
     """(train PromptSet, eval PromptSet or None)."""
     d = cfg.data
     if d.path == "arithmetic":
-        a = d.arithmetic
-        train_rows, eval_rows = arithmetic_problems(
-            a.min_operand,
-            a.max_operand,
-            a.operators,
-            a.num_train,
-            a.num_eval,
-            a.template,
-            b_range=a.operand_b_range,
-            seed=cfg.seed,
-        )
+        train_rows, eval_rows = arithmetic_rows(d.arithmetic, cfg.seed)
     elif cfg.eval.every:
         # evaluation rows are never training rows: a separate file or split, else a seeded slice held out of training
         e = cfg.eval

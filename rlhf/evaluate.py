@@ -28,8 +28,9 @@ import torch
 
 from rlhf import __version__
 from rlhf.accuracy import greedy_eval, k_values, maj_at_k, pass_at_k, sampled_eval
+from rlhf.build import arithmetic_rows
 from rlhf.config import ArithmeticConfig, RewardSpec
-from rlhf.data import LOCAL_FORMATS, DataError, arithmetic_problems, build_prompt_set, load_rows
+from rlhf.data import LOCAL_FORMATS, DataError, build_prompt_set, load_rows
 from rlhf.distributed import make_accelerator
 from rlhf.models import DTYPES, load_policy, load_tokenizer, resolve_model_path
 from rlhf.rewards import RewardError, build_reward_functions, check_reward_signatures
@@ -100,17 +101,7 @@ def load_eval_rows(args: argparse.Namespace) -> tuple[list[dict], str]:
     """(rows, a description of where they came from), the answer column renamed to `answer` for the rewards."""
     preset = PRESETS.get(args.dataset, GENERIC)
     if args.dataset == "arithmetic":
-        a = ArithmeticConfig()
-        train, held_out = arithmetic_problems(
-            a.min_operand,
-            a.max_operand,
-            a.operators,
-            a.num_train,
-            a.num_eval,
-            a.template,
-            b_range=a.operand_b_range,
-            seed=args.seed,
-        )
+        train, held_out = arithmetic_rows(ArithmeticConfig(), args.seed)
         if args.split not in ("test", "train"):
             raise EvalError(f"--split {args.split!r}: the arithmetic task has `test` (held out) and `train`")
         rows, desc = (held_out if args.split == "test" else train), f"arithmetic:{args.split} (seed {args.seed})"

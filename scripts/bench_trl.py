@@ -34,14 +34,12 @@ def arithmetic_dataset(recipe: str):
     both frameworks see the same questions (TRL shuffles them with its own sampler)."""
     from datasets import Dataset
 
+    from rlhf.build import arithmetic_rows
     from rlhf.config import load_config
-    from rlhf.data import arithmetic_problems
 
     cfg = load_config(recipe)
     a = cfg.data.arithmetic
-    train, _ = arithmetic_problems(
-        a.min_operand, a.max_operand, a.operators, a.num_train, a.num_eval, a.template, seed=cfg.seed
-    )
+    train, _ = arithmetic_rows(a, cfg.seed)
     rows = []
     for r in train:
         messages = [{"role": "user", "content": r["prompt"]}]

@@ -24,8 +24,9 @@ REWORDED = {
 def main(overrides: list[str]) -> int:
     sys.path.insert(0, str(REPO))
     from rlhf.accuracy import greedy_eval
+    from rlhf.build import arithmetic_rows
     from rlhf.config import load_config
-    from rlhf.data import arithmetic_problems, build_prompt_set
+    from rlhf.data import build_prompt_set
     from rlhf.models import reference_policy
     from rlhf.rollout import BuiltinEngine
     from rlhf.train import setup_logging
@@ -44,9 +45,7 @@ def main(overrides: list[str]) -> int:
 
     a = cfg.data.arithmetic
     template = REWORDED["+"] if a.operators == ["+"] else REWORDED["any"]
-    _, reworded_rows = arithmetic_problems(
-        a.min_operand, a.max_operand, a.operators, a.num_train, a.num_eval, template, seed=cfg.seed
-    )
+    _, reworded_rows = arithmetic_rows(a, cfg.seed, template)
     reworded = build_prompt_set(reworded_rows, trainer.tokenizer)
     trained = BuiltinEngine(trainer.peft_model, trainer.tokenizer)  # the adapter folded in while generating
 
