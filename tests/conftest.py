@@ -57,26 +57,28 @@ def launch(launcher: str, *args, env: dict | None = None) -> subprocess.Complete
     return subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=300, env=env)
 
 
-def build_tiny_model(path: Path, seed: int = 0) -> Path:
+def build_tiny_model(path: Path, seed: int = 0, **overrides) -> Path:
+    """A 2-layer Llama with the real SmolLM2 tokenizer saved at `path`; `overrides` replace LlamaConfig fields."""
     from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
     from rlhf.models import resolve_model_path
 
     real = resolve_model_path("smollm2-135m-instruct")
     tokenizer = AutoTokenizer.from_pretrained(real)
-    config = LlamaConfig(
-        vocab_size=len(tokenizer),
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=512,
-        tie_word_embeddings=True,
-        bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id,
-    )
+    fields = {
+        "vocab_size": len(tokenizer),
+        "hidden_size": 32,
+        "intermediate_size": 64,
+        "num_hidden_layers": 2,
+        "num_attention_heads": 4,
+        "num_key_value_heads": 2,
+        "max_position_embeddings": 512,
+        "tie_word_embeddings": True,
+        "bos_token_id": tokenizer.bos_token_id,
+        "eos_token_id": tokenizer.eos_token_id,
+        "pad_token_id": tokenizer.pad_token_id,
+    }
+    config = LlamaConfig(**(fields | overrides))
     torch.manual_seed(seed)
     model = LlamaForCausalLM(config)
     model.save_pretrained(path, safe_serialization=True)

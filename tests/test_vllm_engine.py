@@ -19,43 +19,26 @@ from rlhf.policy import Policy  # noqa: E402
 from rlhf.rollout import BuiltinEngine, SamplingParams  # noqa: E402
 from rlhf.rollout.vllm import VLLMEngine, resolve_sync, vllm_state_dict  # noqa: E402
 from rlhf.trainer import Trainer  # noqa: E402
-from tests.conftest import launch  # noqa: E402
+from tests.conftest import build_tiny_model, launch  # noqa: E402
+from tests.test_resume import _metrics, _over  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 RECIPE = REPO / "recipes" / "grpo_arithmetic_smollm2.yaml"
-FIXTURES = REPO / "tests" / "reward_fixtures.py"
 PROMPTS = ["Compute 12 + 30. Reply with only the number.", "What is the sum of 41 and 17?"]
-
-
-def build_vllm_tiny_model(path: Path) -> Path:
-    """conftest's tiny Llama, but with head_dim 32: vLLM's CPU attention has no kernel for head_dim 8."""
-    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
-
-    from rlhf.models import resolve_model_path
-
-    tokenizer = AutoTokenizer.from_pretrained(resolve_model_path("smollm2-135m-instruct"))
-    config = LlamaConfig(
-        vocab_size=len(tokenizer),
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        num_key_value_heads=1,
-        max_position_embeddings=512,
-        tie_word_embeddings=True,
-        bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id,
-    )
-    torch.manual_seed(0)
-    LlamaForCausalLM(config).save_pretrained(path, safe_serialization=True)
-    tokenizer.save_pretrained(path)
-    return path
 
 
 @pytest.fixture(scope="module")
 def tiny_dir(tmp_path_factory) -> str:
-    return str(build_vllm_tiny_model(tmp_path_factory.mktemp("tiny-llama-vllm")))
+    return str(
+        build_tiny_model(
+            # conftest's tiny Llama with head_dim 32: vLLM's CPU attention has no kernel for head_dim 8
+            tmp_path_factory.mktemp("tiny-llama-vllm"),
+            hidden_size=64,
+            intermediate_size=128,
+            num_attention_heads=2,
+            num_key_value_heads=1,
+        )
+    )
 
 
 @pytest.fixture(scope="module")
@@ -222,30 +205,11 @@ def test_weight_sync_follows_the_trainer(sync, tiny_dir, tok, prompts):
 
 
 def _overrides(tiny: str, out: Path, *extra: str) -> list[str]:
-    return [
-        f"model.path={tiny}",
-        f"output_dir={out}",
-        "model.dtype=float32",
-        "rollout.engine=vllm",
-        "train.prompts_per_step=2",
-        "rollout.num_generations=3",
-        "rollout.max_new_tokens=5",
-        "train.micro_batch_size=3",
-        "algorithm.num_iterations=2",  # old log-probs recomputed: the mismatch metrics are logged
-        "eval.every=2",
-        "eval.num_samples=3",
-        "logging.report_to=[]",
-        "logging.progress_bar=false",
-        "logging.samples_every=0",
-        f"rewards=[{{fn: '{FIXTURES}:length_reward'}}]",
-        "optim.lr=1e-2",
-        *extra,
-    ]
+    """test_resume's tiny run through vLLM, with the old log-probs recomputed (so the mismatch metrics are logged)."""
+    return _over(tiny, out, "rollout.engine=vllm", "algorithm.num_iterations=2", *extra)
 
 
-def _rows(out: Path) -> list[dict]:
-    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
-    return [{k: v for k, v in r.items() if not k.startswith(("time/", "throughput/"))} for r in rows]
+_rows = _metrics  # metrics rows without the timings
 
 
 def test_training_run_resumes_exactly_and_logs_the_mismatch(tiny_dir, tmp_path):
