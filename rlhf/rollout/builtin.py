@@ -154,7 +154,7 @@ def generate(
         truncated=~stopped,
         texts=texts,
         group_size=G,
-        temperature=1.0 if params.greedy else params.temperature,
+        temperature=params.logprob_temperature,
     )
 
 

@@ -173,11 +173,7 @@ def run_episodes(
         running = still
     for i in running:  # reached max_turns while the environment wanted more
         eps[i].truncated = True
-    return _assemble(eps, prompts, G, roll_temperature(sampling), tokenizer, calls, make_env)
-
-
-def roll_temperature(sampling: SamplingParams) -> float:
-    return 1.0 if sampling.greedy else sampling.temperature
+    return _assemble(eps, prompts, G, sampling.logprob_temperature, tokenizer, calls, make_env)
 
 
 def _take_turn(

@@ -24,6 +24,11 @@ class SamplingParams:
     greedy: bool = False
     stop: list[str] = field(default_factory=list)
 
+    @property
+    def logprob_temperature(self) -> float:
+        """The temperature behaviour log-probs are taken at: 1 for greedy decoding, else the sampling temperature."""
+        return 1.0 if self.greedy else self.temperature
+
 
 @dataclass
 class Rollout:

@@ -219,7 +219,7 @@ class VLLMEngine:
             truncated=torch.tensor(truncated, dtype=torch.bool),
             texts=self.tokenizer.batch_decode(ids, skip_special_tokens=True),
             group_size=group_size,
-            temperature=1.0 if sampling.greedy else sampling.temperature,
+            temperature=sampling.logprob_temperature,
         )
 
     # ------------------------------------------------------------------------------------------------ weights
