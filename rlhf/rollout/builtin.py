@@ -87,7 +87,10 @@ def generate(
         attention_mask=prompt_mask,
         position_ids=position_ids_from_mask(prompt_mask),
         use_cache=True,
-        logits_to_keep=1,
+        # the last position as an index tensor, not `logits_to_keep=1`: the int form hands the head a strided
+        # [N, 1, H] view, which torch's CPU matmul multiplies by copying the [V, H] head once per row (3.2 s instead
+        # of 0.015 s for 64 prompts with a 49k vocabulary); indexing hands it a contiguous copy
+        logits_to_keep=torch.tensor([prompt_ids.shape[1] - 1]),
     )
     cache = out.cache
     logits = out.logits[:, -1]
