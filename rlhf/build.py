@@ -7,6 +7,7 @@ from __future__ import annotations
 import logging
 
 import torch
+from torch import nn
 
 from rlhf.config import ArithmeticConfig, Config
 from rlhf.data import arithmetic_problems, build_prompt_set, load_eval_rows, load_rows, rename_columns
@@ -75,11 +76,13 @@ def build_value_model(cfg: Config, model) -> torch.nn.Module:
     )  # fmt: skip
 
 
-def build_optimizer(cfg: Config, policy_params: list, value_params: list | None):
-    """AdamW over the policy's adapter (empty when the algorithm steps the policy itself, as TRPO does) and the value
-    parameters (their own learning rate when value.lr is set); the LR schedule counts optimizer steps."""
+def build_optimizer(cfg: Config, policy_params: list[tuple[str, nn.Parameter]], value_params: list | None):
+    """AdamW over the policy's adapter, (name, parameter) pairs (empty when the algorithm steps the policy itself, as
+    TRPO does), and the value parameters (their own learning rate when value.lr is set); the LR schedule counts
+    optimizer steps. With optim.lora_plus_ratio the adapters' B matrices get their own group at that multiple of the
+    learning rate (LoRA+)."""
     o, t, a = cfg.optim, cfg.train, cfg.algorithm
-    groups = [{"params": policy_params}] if policy_params else []
+    groups = lora_plus_groups(policy_params, o.lr, o.lora_plus_ratio)
     if value_params is not None:
         groups.append({"params": value_params, "lr": cfg.value.lr or o.lr})
     optimizer = torch.optim.AdamW(groups, lr=o.lr, betas=tuple(o.betas), eps=o.eps, weight_decay=o.weight_decay)
@@ -88,6 +91,23 @@ def build_optimizer(cfg: Config, policy_params: list, value_params: list | None)
     # dataloader; here it steps once per optimizer step.
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(o.schedule, o.warmup_steps, total_updates))
     return optimizer, scheduler
+
+
+def lora_plus_groups(named: list[tuple[str, nn.Parameter]], lr: float, ratio: float) -> list[dict]:
+    """Optimizer groups of the policy's trainable parameters: one at `lr`, or with ratio != 1 the LoRA B matrices
+    (`lora_B` in the name) apart at ratio * lr (LoRA+, Hayou et al. 2024, arXiv:2402.12354: B and A want different
+    step sizes, and a larger one for B trains faster at the same stability)."""
+    if not named:
+        return []
+    if ratio == 1.0:
+        return [{"params": [p for _, p in named]}]
+    b = [p for n, p in named if "lora_B" in n]
+    if not b:
+        raise ValueError(
+            "optim.lora_plus_ratio is set but the policy has no LoRA B matrices (no parameter named `lora_B`); "
+            "remove optim.lora_plus_ratio"
+        )
+    return [{"params": [p for n, p in named if "lora_B" not in n]}, {"params": b, "lr": lr * ratio}]
 
 
 def build_update_settings(cfg: Config, spec) -> UpdateSettings:

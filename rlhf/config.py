@@ -371,6 +371,11 @@ class OptimConfig:
     warmup_steps: int = doc("Linear warm-up optimizer steps.", 0)
     schedule: Literal["constant", "linear", "cosine"] = doc("Decay after warm-up, to 0 at the last step.", "constant")
     max_grad_norm: float = doc("Clip the global gradient norm; 0 = off.", 1.0)
+    lora_plus_ratio: float = doc(
+        "LoRA+ (Hayou et al. 2024, arXiv:2402.12354): the adapters' B matrices learn at this multiple of lr (the paper "
+        "uses 16 with Adam); 1 = one learning rate for all.",
+        1.0,
+    )
 
 
 @dataclass
@@ -701,6 +706,7 @@ def validate(cfg: Config) -> None:
     need(o.lr > 0, "optim.lr must be > 0")
     need(len(o.betas) == 2, "optim.betas must be two numbers, e.g. [0.9, 0.999]")
     need(o.max_grad_norm >= 0, "optim.max_grad_norm must be >= 0 (0 = off)")
+    need(o.lora_plus_ratio > 0, "optim.lora_plus_ratio must be > 0 (1 = one learning rate; LoRA+ uses 16)")
     need(o.warmup_steps >= 0, "optim.warmup_steps must be >= 0")
     need(cfg.model.lora.r >= 1, "model.lora.r must be >= 1 (LoRA is how this trainer updates the model)")
     need(cfg.eval.every >= 0, "eval.every must be >= 0 (0 = off)")

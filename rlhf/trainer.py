@@ -114,7 +114,9 @@ class Trainer:
         value_model = build_value_model(cfg, model) if spec.value_model else None
         self.teacher = build_teacher(cfg, self.tokenizer) if spec.teacher else None
         # TRPO steps the policy itself; the optimizer then holds only the value parameters
-        policy_params = [p for p in model.parameters() if p.requires_grad] if spec.update == "minibatch" else []
+        policy_params = (
+            [(n, p) for n, p in model.named_parameters() if p.requires_grad] if spec.update == "minibatch" else []
+        )
         value_params = None if value_model is None else [p for p in value_model.parameters() if p.requires_grad]
         self.optimizer, self.scheduler = build_optimizer(cfg, policy_params, value_params)
         # ZeRO-3 gathers each layer's weights in every forward call, as a collective: all ranks must make the same
