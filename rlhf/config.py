@@ -332,6 +332,12 @@ class AlgorithmConfig:
         "(the rest fill the batch with no loss) and a warning says so.",
         4,
     )
+    draw_prompts: int = doc(
+        "Dynamic sampling: prompts generated per draw over all ranks (DAPO's generation batch); more than "
+        "train.prompts_per_step x num_minibatches fills a step in fewer, larger engine calls, and informative groups "
+        "beyond the step's batch are dropped; 0 = train.prompts_per_step x num_minibatches.",
+        0,
+    )
     num_iterations: int = doc("Passes (mu) over each rollout batch against stored old log-probabilities.", 1)
     num_minibatches: int = doc(
         "Optimizer steps per pass: a rollout step generates prompts_per_step x num_minibatches prompts.", 1
@@ -697,6 +703,15 @@ def validate(cfg: Config) -> None:
     )
     need(a.max_refills >= 0, "algorithm.max_refills must be >= 0")
     need(
+        a.draw_prompts == 0 or a.dynamic_sampling,
+        "algorithm.draw_prompts sizes dynamic sampling's draws: set algorithm.dynamic_sampling=true or remove it",
+    )
+    need(
+        a.draw_prompts == 0 or a.draw_prompts >= t.prompts_per_step * a.num_minibatches,
+        f"algorithm.draw_prompts={a.draw_prompts} is smaller than a step's batch (train.prompts_per_step x "
+        f"algorithm.num_minibatches = {t.prompts_per_step * a.num_minibatches}); use at least that, or 0",
+    )
+    need(
         not a.dynamic_sampling or r.num_generations >= 2,
         "algorithm.dynamic_sampling drops groups whose rewards are all equal: it needs rollout.num_generations >= 2",
     )
@@ -773,6 +788,12 @@ def check_world(cfg: Config, world_size: int) -> None:
     if prompts % world_size:
         raise ConfigError(
             f"train.prompts_per_step={prompts} does not divide over {world_size} processes; "
+            f"use a multiple of {world_size} so every rank gets whole groups"
+        )
+    draw = cfg.algorithm.draw_prompts
+    if draw % world_size:
+        raise ConfigError(
+            f"algorithm.draw_prompts={draw} does not divide over {world_size} processes; "
             f"use a multiple of {world_size} so every rank gets whole groups"
         )
 

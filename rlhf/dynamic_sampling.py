@@ -100,10 +100,9 @@ def collect_informative(
             int(filler_total),
             refills,
         )
-    first_draw_groups = len(draws[0].rewards) // G
     metrics = {
         "dynamic/kept_frac": total(len(kept)) / max(total(drawn_groups), 1.0),
-        "dynamic/extra_prompts": total(drawn_groups - first_draw_groups),
+        "dynamic/extra_prompts": total(drawn_groups - groups_needed),  # beyond the step's batch
         "dynamic/refills": float(refills),
         "dynamic/filler_groups": filler_total,
     }

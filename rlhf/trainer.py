@@ -296,7 +296,7 @@ class Trainer:
         acc, a, r, spec = self.accelerator, self.cfg.algorithm, self.cfg.rollout, self.spec
         if a.dynamic_sampling:
             d, dyn = collect_informative(
-                self.draw,
+                lambda: self.draw(a.draw_prompts or None),
                 self.prompts_per_rank * a.num_minibatches,
                 a.max_refills,
                 any_rank=lambda flag: all_sum(acc, float(flag)).item() > 0,
@@ -353,12 +353,13 @@ class Trainer:
             self.outputs.save(done)
         return last_metrics
 
-    def draw(self) -> Draw:
-        """Steps 1-3 once: this rank's prompts (every rank draws the same global order and takes its own whole
-        groups), their episodes and their rewards."""
+    def draw(self, prompts: int | None = None) -> Draw:
+        """Steps 1-3 once: this rank's share of `prompts` prompts (default: a step's batch; every rank draws the same
+        global order and takes its own whole groups), their episodes and their rewards."""
         t, a, acc = self.cfg.train, self.cfg.algorithm, self.accelerator
-        global_idx = self.sampler.take(t.prompts_per_step * a.num_minibatches)
-        k = self.prompts_per_rank * a.num_minibatches
+        prompts = prompts or t.prompts_per_step * a.num_minibatches
+        global_idx = self.sampler.take(prompts)
+        k = prompts // acc.num_processes
         prompt_idx = global_idx[acc.process_index * k : (acc.process_index + 1) * k]
         t0 = time.perf_counter()
         episodes = None

@@ -47,7 +47,7 @@ def test_collect_keeps_informative_groups_and_counts_the_draws():
     assert d.trainable.tolist() == [True] * 4
     assert m == {
         "dynamic/kept_frac": 3 / 6,
-        "dynamic/extra_prompts": 3.0,
+        "dynamic/extra_prompts": 4.0,  # 6 groups drawn for a batch of 2
         "dynamic/refills": 1.0,
         "dynamic/filler_groups": 0.0,
     }
@@ -93,6 +93,44 @@ def test_refilled_steps_train_and_resume_exactly(tiny_model_dir, tmp_path):
     for a, b in zip(rows, resumed):
         for k, v in a.items():
             assert b[k] == pytest.approx(v, rel=1e-5, abs=1e-7), (a["step"], k)
+
+
+def test_larger_draws_fill_the_step_in_fewer_calls_and_resume_exactly(tiny_model_dir, tmp_path):
+    """algorithm.draw_prompts=6 for a batch of 2 prompts: one engine call per step covers what took refills, the
+    sampler moves on by 6 prompts per draw, the step trains on 2 groups, and a resumed run repeats the metrics."""
+    from rlhf.trainer import Trainer
+
+    full, part = tmp_path / "full", tmp_path / "part"
+    draws = ["algorithm.draw_prompts=6", "algorithm.max_refills=2"]
+    trainer = Trainer(load_config(DAPO, _over(tiny_model_dir, full, "train.max_steps=4", *draws)))
+    calls = []
+    generate = trainer.engine.generate
+    trainer.engine.generate = lambda ids, *a, **k: calls.append(len(ids)) or generate(ids, *a, **k)
+    trainer.train()
+    rows = _rows(full)
+    assert calls and all(n == 6 for n in calls)
+    assert len(calls) == len(rows) + sum(r["dynamic/refills"] for r in rows)  # one engine call per draw
+    assert trainer.sampler.state_dict() == {"epoch": 0, "pos": 6 * len(calls)}
+    for r in rows:
+        assert r["dynamic/extra_prompts"] == 6 * (r["dynamic/refills"] + 1) - 2
+    Trainer(load_config(DAPO, _over(tiny_model_dir, part, "train.max_steps=2", *draws))).train()
+    Trainer(
+        load_config(DAPO, _over(tiny_model_dir, part, "train.max_steps=4", "train.resume_from=latest", *draws))
+    ).train()
+    resumed = _rows(part)
+    assert [r["step"] for r in resumed] == [r["step"] for r in rows]
+    for a, b in zip(rows, resumed):
+        for k, v in a.items():
+            assert b[k] == pytest.approx(v, rel=1e-5, abs=1e-7), (a["step"], k)
+
+
+def test_draw_prompts_is_checked():
+    from rlhf.config import ConfigError
+
+    with pytest.raises(ConfigError, match="dynamic_sampling=true"):
+        load_config(REPO / "recipes" / "grpo_arithmetic_smollm2.yaml", ["algorithm.draw_prompts=8"])
+    with pytest.raises(ConfigError, match="smaller than a step's batch"):
+        load_config(DAPO, ["algorithm.draw_prompts=2"])
 
 
 @pytest.mark.skipif(ACCELERATE is None, reason="accelerate launcher not installed")
