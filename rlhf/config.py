@@ -38,6 +38,12 @@ class LoraConfig:
     target_modules: list[str] | str = doc(
         "Module names to adapt, or `all-linear` for every linear layer except the output head.", "all-linear"
     )
+    compute_dtype: Literal["base", "float32"] = doc(
+        "Dtype of the adapters' matmuls in training: `base` runs them in the frozen base's dtype under autocast (the "
+        "adapter weights, their gradients and the optimizer stay float32; ~15% faster updates on a bfloat16 base), "
+        "`float32` casts every adapted layer's input to float32 (PEFT's default). Same thing on a float32 base.",
+        "base",
+    )
 
 
 @dataclass

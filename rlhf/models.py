@@ -187,6 +187,25 @@ def adapters_to_float32(model: nn.Module) -> None:
             p.data = p.data.float()
 
 
+@contextlib.contextmanager
+def lora_in_base_dtype(model: nn.Module) -> Iterator[None]:
+    """Inside: the adapters' matmuls run in the frozen base's dtype (bfloat16 / float16) instead of float32.
+
+    PEFT casts each adapted layer's input to the adapters' float32 and adds a float32 product to the base output,
+    which costs copies of every activation and float32 matmuls; here the input stays in the base dtype and autocast
+    casts the (small) adapter weights instead, as mixed-precision training does. The adapters' weights, gradients
+    and optimizer state stay float32. Nothing changes for a float32 base."""
+    dtype = next((p.dtype for p in model.parameters() if not p.requires_grad), torch.float32)
+    if dtype == torch.float32:
+        yield
+        return
+    from peft.helpers import disable_input_dtype_casting
+
+    device_type = next(model.parameters()).device.type
+    with disable_input_dtype_casting(model), torch.autocast(device_type, dtype=dtype):
+        yield
+
+
 def add_lora(
     model: nn.Module,
     r: int,

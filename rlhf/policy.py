@@ -6,12 +6,14 @@ differentiate, so gradient synchronisation hooks fire, and the output head runs 
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 
 import torch
 from torch import Tensor, nn
 
 from rlhf.logprobs import token_logprobs
+from rlhf.models import lora_in_base_dtype
 from rlhf.states import RUN_OVERHEAD_TOKENS, completion_states, length_buckets, shares_prompts
 from rlhf.value import Critic
 
@@ -34,9 +36,11 @@ class Policy(nn.Module):
         value_model: nn.Module | None = None,
         chunk_tokens: int = 1024,
         bucket_overhead: int = RUN_OVERHEAD_TOKENS,
+        lora_in_base: bool = False,
     ):
         super().__init__()
         self.model = model
+        self.lora_in_base = lora_in_base  # adapters' matmuls in the base's dtype (model.lora.compute_dtype: base)
         # inside this module so accelerate/DeepSpeed wrap, shard and synchronise it with the policy's adapter
         self.value_model = value_model
         self.chunk_tokens = chunk_tokens
@@ -61,16 +65,17 @@ class Policy(nn.Module):
         """[B, C, H] hidden states that predict each completion token (`completion_states`), the prompt shared per
         group where the rows allow it."""
         share = shares_prompts(prompt_ids, prompt_mask, group_size, self.base)
-        return completion_states(
-            self.base.get_decoder(),
-            prompt_ids,
-            prompt_mask,
-            completion_ids,
-            completion_mask,
-            group_size,
-            share,
-            self.bucket_overhead,
-        )
+        with lora_in_base_dtype(self.model) if self.lora_in_base else contextlib.nullcontext():
+            return completion_states(
+                self.base.get_decoder(),
+                prompt_ids,
+                prompt_mask,
+                completion_ids,
+                completion_mask,
+                group_size,
+                share,
+                self.bucket_overhead,
+            )
 
     def forward(
         self,

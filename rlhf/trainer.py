@@ -123,7 +123,8 @@ class Trainer:
         # number of calls, so rows are not split into length runs there (the split depends on each rank's lengths)
         bucket_overhead = -1 if zero_stage(acc) == 3 else RUN_OVERHEAD_TOKENS
         self.policy, self.optimizer = acc.prepare(
-            Policy(model, value_model, bucket_overhead=bucket_overhead), self.optimizer
+            Policy(model, value_model, bucket_overhead=bucket_overhead, lora_in_base=m.lora.compute_dtype == "base"),
+            self.optimizer,
         )
         self.kl_ctl = KLController(a.beta, a.kl_target, a.kl_horizon)
         self.reward_stats = RunningMoments()
