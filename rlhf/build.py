@@ -11,6 +11,7 @@ from torch import nn
 
 from rlhf.config import ArithmeticConfig, Config
 from rlhf.data import arithmetic_problems, build_prompt_set, load_eval_rows, load_rows, rename_columns
+from rlhf.models import set_attention
 from rlhf.run_utils import lr_lambda
 from rlhf.update import UpdateSettings
 
@@ -70,10 +71,12 @@ def build_value_model(cfg: Config, model) -> torch.nn.Module:
     if v.model == "head":
         return ValueHead(model.get_base_model().config.hidden_size)
     lora = m.lora
-    return load_critic(
+    critic = load_critic(
         m.path, m.dtype, lora.r, lora.alpha, lora.dropout, lora.target_modules, v.init_from,
         m.gradient_checkpointing, m.trust_remote_code,
     )  # fmt: skip
+    set_attention(critic.trunk, m.attn_implementation)
+    return critic
 
 
 def build_optimizer(cfg: Config, policy_params: list[tuple[str, nn.Parameter]], value_params: list | None):
@@ -159,5 +162,6 @@ def build_teacher(cfg: Config, tokenizer) -> torch.nn.Module:
             resolve_model_path(path), dtype=DTYPES[t.dtype], trust_remote_code=m.trust_remote_code
         )
     model.requires_grad_(False)
+    set_attention(model, m.attn_implementation)
     log.info("distillation teacher: %s%s", path, f" + adapter {t.adapter}" if t.adapter else "")
     return Policy(model).eval()

@@ -58,6 +58,12 @@ class ModelConfig:
     dtype: Literal["float32", "bfloat16", "float16"] = doc(
         "Weight dtype of the frozen base. Adapters and log-probabilities stay float32.", "bfloat16"
     )
+    attn_implementation: str | None = doc(
+        "Attention kernel of the policy (and of a separate critic or a teacher): `eager`, `sdpa`, "
+        "`flash_attention_2`, ...; none = the transformers default (sdpa). On CPU with sequences of ~60 tokens "
+        "`eager` measured ~15% faster than sdpa in both decoding and updates (the demo recipe uses it).",
+        None,
+    )
     lora: LoraConfig = doc("Adapter settings.", factory=LoraConfig)
     gradient_checkpointing: bool = doc("Recompute activations in the backward pass to save memory.", False)
     trust_remote_code: bool = doc("Allow model code from the hub (only for models you trust).", False)

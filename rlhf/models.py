@@ -187,6 +187,21 @@ def adapters_to_float32(model: nn.Module) -> None:
             p.data = p.data.float()
 
 
+def set_attention(model: nn.Module, implementation: str | None) -> None:
+    """Switch the attention kernel of a transformers model (inside a PEFT wrapper or not); None keeps the default."""
+    if not implementation:
+        return
+    get_base = getattr(model, "get_base_model", None)
+    base = get_base() if get_base is not None else model
+    try:
+        base.set_attn_implementation(implementation)
+    except (ValueError, ImportError) as e:
+        raise ValueError(
+            f"model.attn_implementation={implementation!r} cannot be used with this model: {e}. Use `eager` or "
+            "`sdpa`, or leave it unset for the transformers default"
+        ) from e
+
+
 @contextlib.contextmanager
 def lora_in_base_dtype(model: nn.Module) -> Iterator[None]:
     """Inside: the adapters' matmuls run in the frozen base's dtype (bfloat16 / float16) instead of float32.

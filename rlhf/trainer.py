@@ -45,7 +45,7 @@ from rlhf.dynamic_sampling import Draw, collect_informative
 from rlhf.envs import build_env
 from rlhf.estimators import AdvantageInputs, BatchStats
 from rlhf.kl_control import KLController, RunningMoments
-from rlhf.models import count_parameters, load_policy, load_tokenizer, reference_policy
+from rlhf.models import count_parameters, load_policy, load_tokenizer, reference_policy, set_attention
 from rlhf.outputs import RunOutputs, episode_metrics, rollout_metrics
 from rlhf.policy import RUN_OVERHEAD_TOKENS, Policy
 from rlhf.rewards import build_reward_functions, check_reward_signatures, score_rollout
@@ -102,6 +102,7 @@ class Trainer:
             m.path, m.dtype, lora.r, lora.alpha, lora.dropout, lora.target_modules, m.gradient_checkpointing,
             m.trust_remote_code,
         )  # fmt: skip
+        set_attention(model, m.attn_implementation)
         n_train, n_all = count_parameters(model)
         log.info("policy %s: %.2fM trainable of %.1fM parameters", m.path, n_train / 1e6, n_all / 1e6)
         self.peft_model = model

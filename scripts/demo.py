@@ -1,5 +1,7 @@
 """The demo: GRPO-train SmolLM2-135M-Instruct + LoRA on two-digit addition, offline on CPU, and show it learned.
 
+The recipe is recipes/demo_arithmetic_smollm2.yaml (GRPO with dynamic sampling).
+
     make demo                      # or: .venv/bin/python scripts/demo.py [key.sub=value ...]
 
 Prints held-out greedy accuracy before and after training, and the same problems worded differently (the adapter
@@ -14,7 +16,7 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-RECIPE = REPO / "recipes" / "grpo_arithmetic_smollm2.yaml"
+RECIPE = REPO / "recipes" / "demo_arithmetic_smollm2.yaml"
 REWORDED = {
     "+": "What is the sum of {a} and {b}? Give just the number.",
     "any": "What is {a} {op} {b}? Answer with just the number.",
@@ -50,7 +52,9 @@ def main(overrides: list[str]) -> int:
     trained = BuiltinEngine(trainer.peft_model, trainer.tokenizer)  # the adapter folded in while generating
 
     def accuracy(engine) -> float:
-        metrics, _ = greedy_eval(engine, reworded, trainer.reward_fns, cfg.rollout.max_new_tokens)
+        metrics, _ = greedy_eval(
+            engine, reworded, trainer.reward_fns, cfg.rollout.max_new_tokens, batch_size=cfg.eval.batch_size
+        )
         return metrics["eval/accuracy"]
 
     with reference_policy(trainer.peft_model):  # the base model, as before training
@@ -60,7 +64,10 @@ def main(overrides: list[str]) -> int:
     total = time.perf_counter() - start
     print()
     print("=" * 72)
-    print(f"GRPO on two-digit addition, SmolLM2-135M-Instruct + LoRA r={cfg.model.lora.r}, {cfg.train.max_steps} steps")
+    algo = cfg.algorithm.name.upper() + (" + dynamic sampling" if cfg.algorithm.dynamic_sampling else "")
+    print(
+        f"{algo} on two-digit addition, SmolLM2-135M-Instruct + LoRA r={cfg.model.lora.r}, {cfg.train.max_steps} steps"
+    )
     print(f"held-out accuracy (greedy, {len(reworded)} problems never trained on):")
     print(f"  step {evals[0][0]:>3}: {evals[0][1]:6.1%}   (before training)")
     for step, acc in evals[1:]:
