@@ -29,10 +29,14 @@ def _train_25_steps(recipe: str, out) -> tuple[dict[int, float], list[dict]]:
 
 @pytest.mark.slow
 def test_grpo_raises_heldout_addition_accuracy(tmp_path):
-    acc, _ = _train_25_steps("recipes/grpo_arithmetic_smollm2.yaml", tmp_path)
+    """The demo's recipe (GRPO with dynamic sampling) over 25 steps; the plain GRPO recipe reached +0.15 here too."""
+    acc, rows = _train_25_steps("recipes/demo_arithmetic_smollm2.yaml", tmp_path)
     print(f"held-out accuracy: step 0 {acc[0]:.2f} -> step 25 {acc[25]:.2f}")
     assert acc[0] < 0.4  # the base model gets about a quarter right
-    assert acc[25] >= acc[0] + 0.15, acc
+    assert acc[25] >= acc[0] + 0.25, acc
+    # dynamic sampling ran: every step trained on groups whose rewards differ
+    train = [r for r in rows if "dynamic/kept_frac" in r]
+    assert len(train) == 25 and all(r["dynamic/filler_groups"] == 0 or r["dynamic/refills"] == 2 for r in train)
 
 
 @pytest.mark.slow
