@@ -797,18 +797,15 @@ def unread_knobs(cfg: Config) -> list[str]:
 
 def check_world(cfg: Config, world_size: int) -> None:
     """Checks that need the number of processes: groups never split across ranks."""
-    prompts = cfg.train.prompts_per_step
-    if prompts % world_size:
-        raise ConfigError(
-            f"train.prompts_per_step={prompts} does not divide over {world_size} processes; "
-            f"use a multiple of {world_size} so every rank gets whole groups"
-        )
-    draw = cfg.algorithm.draw_prompts
-    if draw % world_size:
-        raise ConfigError(
-            f"algorithm.draw_prompts={draw} does not divide over {world_size} processes; "
-            f"use a multiple of {world_size} so every rank gets whole groups"
-        )
+    for key, prompts in (
+        ("train.prompts_per_step", cfg.train.prompts_per_step),
+        ("algorithm.draw_prompts", cfg.algorithm.draw_prompts),
+    ):
+        if prompts % world_size:
+            raise ConfigError(
+                f"{key}={prompts} does not divide over {world_size} processes; "
+                f"use a multiple of {world_size} so every rank gets whole groups"
+            )
 
 
 def save_config(cfg: Config, path: str | Path) -> None:

@@ -298,7 +298,7 @@ class Trainer:
         acc, a, r, spec = self.accelerator, self.cfg.algorithm, self.cfg.rollout, self.spec
         if a.dynamic_sampling:
             d, dyn = collect_informative(
-                lambda: self.draw(a.draw_prompts or None),
+                lambda: self.draw(a.draw_prompts),
                 self.prompts_per_rank * a.num_minibatches,
                 a.max_refills,
                 any_rank=lambda flag: all_sum(acc, float(flag)).item() > 0,
@@ -355,9 +355,9 @@ class Trainer:
             self.outputs.save(done)
         return last_metrics
 
-    def draw(self, prompts: int | None = None) -> Draw:
-        """Steps 1-3 once: this rank's share of `prompts` prompts (default: a step's batch; every rank draws the same
-        global order and takes its own whole groups), their episodes and their rewards."""
+    def draw(self, prompts: int = 0) -> Draw:
+        """Steps 1-3 once: this rank's share of `prompts` prompts (0: a step's batch; every rank draws the same global
+        order and takes its own whole groups), their episodes and their rewards."""
         t, a, acc = self.cfg.train, self.cfg.algorithm, self.accelerator
         prompts = prompts or t.prompts_per_step * a.num_minibatches
         global_idx = self.sampler.take(prompts)

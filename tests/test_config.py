@@ -59,6 +59,10 @@ def test_impossible_combinations():
 
     with pytest.raises(ConfigError, match="prompts_per_step=3 does not divide over 2 processes"):
         check_world(load_config(None, ["train.prompts_per_step=3"]), 2)
+    ds = ["train.prompts_per_step=2", "algorithm.dynamic_sampling=true", "algorithm.draw_prompts=5"]
+    with pytest.raises(ConfigError, match="draw_prompts=5 does not divide over 2 processes"):
+        check_world(load_config(None, ds), 2)
+    check_world(load_config(None, [*ds[:2], "algorithm.draw_prompts=6"]), 2)
 
 
 def test_reward_list_overrides_and_errors():

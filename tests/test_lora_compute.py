@@ -67,4 +67,5 @@ def test_context_restores_peft_casting_and_keeps_adapters_float32(tiny_model_dir
 def test_config_accepts_both(value):
     from rlhf.config import load_config
 
-    assert load_config("recipes/grpo_arithmetic_smollm2.yaml", [f"model.lora.compute_dtype={value}"]).model.lora
+    cfg = load_config("recipes/grpo_arithmetic_smollm2.yaml", [f"model.lora.compute_dtype={value}"])
+    assert cfg.model.lora.compute_dtype == value
