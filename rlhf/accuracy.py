@@ -56,6 +56,7 @@ def greedy_eval(
     success_threshold: float = 1.0,
     accelerator=None,
     episodes: EpisodeRunner | None = None,
+    stop: list[str] | None = None,
 ) -> tuple[dict[str, float], list[dict]]:
     """Accuracy = fraction of prompts whose greedy completion's weighted reward >= success_threshold.
 
@@ -64,12 +65,12 @@ def greedy_eval(
     `episodes` (a recipe with an environment) each prompt runs one greedy multi-turn episode instead (one engine call
     per turn, in lockstep over ranks), scored like training episodes (the last turn, plus the environment's reward),
     and the metrics add `eval/env/<key>` (e.g. the fraction of episodes that called a tool). Returns (metrics,
-    per-sample rows of this rank)."""
+    per-sample rows of this rank). `stop`: strings that end a completion, as in training (`rollout.stop`)."""
     start = time.perf_counter()
     rank, world = (accelerator.process_index, accelerator.num_processes) if accelerator else (0, 1)
     idx = list(range(rank, len(prompts), world))
     shard = prompts.select(idx)
-    params = SamplingParams(max_new_tokens=max_new_tokens, greedy=True)
+    params = SamplingParams(max_new_tokens=max_new_tokens, greedy=True, stop=list(stop or []))
     out, scoring, env_stats = None, {}, {}
     if episodes is not None and (len(shard) or world > 1):  # an empty shard still keeps the ranks in lockstep
         ep = episodes.run(engine, shard, 1, params, batch_size=batch_size)

@@ -151,7 +151,10 @@ class RolloutConfig:
     temperature: float = doc("Sampling temperature; log-probabilities are taken at the same temperature.", 1.0)
     top_p: float = doc("Nucleus sampling threshold (Holtzman et al. 2019); 1.0 = off.", 1.0)
     top_k: int = doc("Sample only among the k most likely tokens; 0 = off.", 0)
-    stop: list[str] = doc("Strings that end a completion (kept in it), besides the EOS token.", factory=list)
+    stop: list[str] = doc(
+        "Strings that end a completion (kept in it), besides the EOS token; held-out evaluation stops at them too.",
+        factory=list,
+    )
     mask_truncated: bool = doc(
         "Leave completions that hit max_new_tokens out of the loss (DAPO overlong filtering, arXiv:2503.14476).",
         False,

@@ -186,6 +186,8 @@ def recipe_eval_setup(args: argparse.Namespace, tokenizer, accelerator):
     reward_fns = build_reward_functions(cfg.rewards)
     args.reward = ", ".join(r.fn for r in cfg.rewards)
     args.max_new_tokens = args.max_new_tokens_given or cfg.eval.max_new_tokens or cfg.rollout.max_new_tokens
+    if args.stop is None:
+        args.stop = list(cfg.rollout.stop)
     episodes = None
     e = cfg.env
     if e.name is not None:
@@ -244,6 +246,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--top-p", type=float, default=1.0)
     p.add_argument("--top-k", type=int, default=0)
     p.add_argument("--max-new-tokens", type=int, help="longest completion (default: per dataset)")
+    p.add_argument(
+        "--stop",
+        action="append",
+        metavar="TEXT",
+        help="a string that ends a completion, as `rollout.stop` in training (repeatable; escapes such as \\n are "
+        "read; default: the --recipe's rollout.stop, else none)",
+    )
     p.add_argument("--batch-size", type=int, default=64, help="sequences generated at once")
     p.add_argument("--dtype", default="bfloat16", choices=["float32", "bfloat16", "float16"])
     p.add_argument("--output-dir", help="where results.json and samples.jsonl go (default runs/eval/DATASET-TIME)")
@@ -264,6 +273,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     args.prompt_template = preset.prompt_template if args.prompt_template is None else args.prompt_template
     args.max_new_tokens_given = args.max_new_tokens
     args.max_new_tokens = args.max_new_tokens or preset.max_new_tokens
+    if args.stop is not None:  # "\\n" typed in a shell is a backslash and an n: read it as a newline
+        args.stop = [s.encode("latin-1", "backslashreplace").decode("unicode_escape") for s in args.stop]
     if args.reward is None:
         math_ok = args.dataset == "math500" and _has_module("reward_models.math")
         args.reward = MATH_REWARD if math_ok else NUMERIC_REWARD
@@ -309,7 +320,9 @@ def run(args: argparse.Namespace) -> dict:
     )
     common, threshold = (engine, prompts, reward_fns), args.success_threshold
     if args.greedy:
-        m, rows_out = greedy_eval(*common, args.max_new_tokens, args.batch_size, threshold, accelerator, episodes)
+        m, rows_out = greedy_eval(
+            *common, args.max_new_tokens, args.batch_size, threshold, accelerator, episodes, stop=args.stop
+        )
         metrics = {"pass@1": m["eval/accuracy"], "reward_mean": m["eval/reward_mean"]}
         metrics.update({k.removeprefix("eval/"): v for k, v in m.items() if k.startswith("eval/env/")})
         metrics.update({"num_prompts": m["eval/num_samples"], "time/eval": m["time/eval"]})
@@ -321,7 +334,9 @@ def run(args: argparse.Namespace) -> dict:
             for i, r in zip(mine, rows_out)
         ]
     else:
-        params = SamplingParams(args.max_new_tokens, args.temperature, args.top_p, args.top_k, greedy=False)
+        params = SamplingParams(
+            args.max_new_tokens, args.temperature, args.top_p, args.top_k, greedy=False, stop=list(args.stop or [])
+        )
         metrics, rows_out = sampled_eval(*common, args.n, params, extract, args.batch_size, threshold, accelerator)
     engine.close()
     samples = gather_rows(accelerator, rows_out)

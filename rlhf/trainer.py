@@ -508,6 +508,7 @@ class Trainer:
             e.success_threshold,
             self.accelerator,
             episodes=self.episodes,
+            stop=self.cfg.rollout.stop,
         )
         if step is not None:
             self.writer.log(metrics, step)

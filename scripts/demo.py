@@ -53,7 +53,12 @@ def main(overrides: list[str]) -> int:
 
     def accuracy(engine) -> float:
         metrics, _ = greedy_eval(
-            engine, reworded, trainer.reward_fns, cfg.rollout.max_new_tokens, batch_size=cfg.eval.batch_size
+            engine,
+            reworded,
+            trainer.reward_fns,
+            cfg.rollout.max_new_tokens,
+            batch_size=cfg.eval.batch_size,
+            stop=cfg.rollout.stop,
         )
         return metrics["eval/accuracy"]
 

@@ -102,6 +102,37 @@ def test_greedy_end_to_end(tiny_model_dir, tmp_path, capsys):
     assert "pass@1" in capsys.readouterr().out
 
 
+def test_stop_strings_end_completions_as_in_training(tiny_model_dir, tmp_path):
+    # the tiny model's greedy text, then the same run with a stop string taken from it (typed escaped, as in a
+    # shell): each completion is the no-stop one cut within the token that completes the stop string's first occurrence
+    plain = tmp_path / "plain"
+    assert main([*_common(tiny_model_dir, plain), "--limit", "4"]) == 0
+    before = [s["completion"] for s in _read(plain)[1]]
+    stop = before[0][0]
+    cut = tmp_path / "cut"
+    assert main([*_common(tiny_model_dir, cut), "--limit", "4", "--stop", stop.encode("unicode_escape").decode()]) == 0
+    results, samples = _read(cut)
+    assert results["config"]["stop"] == [stop]
+    after = [s["completion"] for s in samples]
+    assert sum(map(len, after)) < sum(map(len, before))
+    for b, a in zip(before, after):
+        assert b.startswith(a)
+        if stop in b:
+            assert b.index(stop) < len(a) <= b.index(stop) + 16 and stop in a
+        else:
+            assert a == b
+
+
+def test_stop_is_read_with_escapes_and_defaults_to_the_recipes(tiny_model_dir, tmp_path):
+    from rlhf.evaluate import parse_args
+
+    assert parse_args(["--stop", "\\n", "--stop", "é", "--output-dir", str(tmp_path)]).stop == ["\n", "é"]
+    assert parse_args(["--output-dir", str(tmp_path)]).stop is None
+    recipe = ["--recipe", str(REPO / "recipes" / "grpo_arithmetic_smollm2.yaml"), "--limit", "2"]
+    assert main([*_common(tiny_model_dir, tmp_path / "r"), *recipe, "--set", 'rollout.stop=["7"]']) == 0
+    assert _read(tmp_path / "r")[0]["config"]["stop"] == ["7"]
+
+
 def test_sampled_end_to_end(tiny_model_dir, tmp_path):
     # a reward that depends on the completion only, so some samples pass and some fail: pass@k and maj@k get real work
     reward = tmp_path / "parity.py"
@@ -198,3 +229,19 @@ def test_script_reports_missing_column(tiny_model_dir, tmp_path, question_file):
     )
     assert proc.returncode == 2, proc.stderr[-2000:]
     assert "prompt column 'prompt' not in the dataset" in _one_error_line(proc.stderr)
+
+
+def test_training_evaluation_stops_where_rollouts_do(tiny_model_dir, tmp_path, monkeypatch):
+    from conftest import tiny_run
+
+    import rlhf.trainer
+    from rlhf.config import load_config
+    from rlhf.trainer import Trainer
+
+    seen = []
+    real = rlhf.trainer.greedy_eval
+    monkeypatch.setattr(rlhf.trainer, "greedy_eval", lambda *a, **kw: seen.append(kw["stop"]) or real(*a, **kw))
+    recipe = REPO / "recipes" / "grpo_arithmetic_smollm2.yaml"
+    over = [*tiny_run(tiny_model_dir, tmp_path), "eval.every=1", "eval.num_samples=2", 'rollout.stop=["\\n", "."]']
+    metrics = Trainer(load_config(recipe, over)).evaluate(None)
+    assert seen == [["\n", "."]] and metrics["eval/num_samples"] == 2
