@@ -32,7 +32,7 @@ from rlhf.build import arithmetic_rows
 from rlhf.config import ArithmeticConfig, RewardSpec
 from rlhf.data import LOCAL_FORMATS, DataError, build_prompt_set, load_rows
 from rlhf.distributed import make_accelerator
-from rlhf.models import DTYPES, load_policy, load_tokenizer, resolve_model_path
+from rlhf.models import DTYPES, load_policy, load_tokenizer, resolve_model_path, set_attention
 from rlhf.rewards import RewardError, build_reward_functions, check_reward_signatures
 from rlhf.rollout import SamplingParams, build_engine
 
@@ -141,10 +141,14 @@ def local_preset_file(preset: Preset, args: argparse.Namespace) -> Path | None:
     return path if path.is_file() else None
 
 
-def load_model(path: str, adapter: str | None, dtype: str) -> tuple[torch.nn.Module, torch.nn.Module | None]:
+def load_model(
+    path: str, adapter: str | None, dtype: str, attn_implementation: str | None = None
+) -> tuple[torch.nn.Module, torch.nn.Module | None]:
     """(the transformers model to generate with, the PEFT model or None). An adapter is held as the trainer holds it
-    (float32 LoRA on a `dtype` base, folded in by `merged_adapter` while generating), so evaluating a run's final
-    adapter reproduces the run's last `eval/accuracy` rather than a slightly different rounding of the same weights."""
+    (float32 LoRA on a `dtype` base, folded in by `merged_adapter` while generating), and the attention kernel is the
+    run's (`model.attn_implementation`; None = transformers' default), so evaluating a run's final adapter reproduces
+    the run's last `eval/accuracy` rather than a slightly different rounding of the same weights: a different kernel
+    alone flips a few greedy answers (2 of 200 held-out sums in one measured case)."""
     from transformers import AutoModelForCausalLM
 
     if adapter and not (Path(adapter) / "adapter_config.json").is_file():
@@ -152,10 +156,15 @@ def load_model(path: str, adapter: str | None, dtype: str) -> tuple[torch.nn.Mod
     try:
         if adapter:
             peft_model = load_policy(path, dtype, adapter_path=adapter).eval()
-            return peft_model.get_base_model(), peft_model
-        return AutoModelForCausalLM.from_pretrained(resolve_model_path(path), dtype=DTYPES[dtype]).eval(), None
+            model = peft_model.get_base_model()
+        else:
+            peft_model = None
+            model = AutoModelForCausalLM.from_pretrained(resolve_model_path(path), dtype=DTYPES[dtype]).eval()
     except OSError as e:
         raise FileNotFoundError(f"could not load model {path!r}: {str(e).splitlines()[0]}") from e
+    if attn_implementation:
+        set_attention(model, attn_implementation)
+    return model, peft_model
 
 
 def gather_rows(accelerator, rows: list[dict]) -> list[dict]:
@@ -167,16 +176,14 @@ def gather_rows(accelerator, rows: list[dict]) -> list[dict]:
     return sorted(rows, key=lambda r: r["index"])
 
 
-def recipe_eval_setup(args: argparse.Namespace, tokenizer, accelerator):
+def recipe_eval_setup(args: argparse.Namespace, cfg, tokenizer, accelerator):
     """--recipe: (held-out PromptSet, reward functions, EpisodeRunner or None, description) as the trainer builds
     them, so this command measures what the run's `eval/accuracy` measures (with the recipe's tools)."""
     from rlhf.build import build_datasets
-    from rlhf.config import load_config
     from rlhf.distributed import all_sum
     from rlhf.envs import build_env
     from rlhf.rollout.episodes import EpisodeRunner
 
-    cfg = load_config(args.recipe, args.set)
     cfg.eval.every = cfg.eval.every or 1  # build the held-out set even when the recipe does not evaluate
     if args.limit:
         cfg.eval.num_samples = args.limit
@@ -208,7 +215,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         prog="python -m rlhf.evaluate",
         description="Greedy accuracy (--n 1), or pass@k and maj@k from n samples per prompt, of a model or adapter.",
     )
-    p.add_argument("--model", default="smollm2-135m-instruct", help="hub id, local directory or a short name")
+    p.add_argument(
+        "--model", help="hub id, local directory or a short name (default: the --recipe's, else smollm2-135m-instruct)"
+    )
     p.add_argument("--adapter", help="PEFT adapter directory (e.g. runs/NAME/adapter); folded into the model")
     p.add_argument("--dataset", default="arithmetic", help="arithmetic | gsm8k | math500 | a file | a hub id")
     p.add_argument(
@@ -254,7 +263,16 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "read; default: the --recipe's rollout.stop, else none)",
     )
     p.add_argument("--batch-size", type=int, default=64, help="sequences generated at once")
-    p.add_argument("--dtype", default="bfloat16", choices=["float32", "bfloat16", "float16"])
+    p.add_argument(
+        "--dtype",
+        choices=["float32", "bfloat16", "float16"],
+        help="the base's dtype (default: the --recipe's, else bfloat16)",
+    )
+    p.add_argument(
+        "--attn-implementation",
+        help="attention kernel, e.g. eager or sdpa (default: the --recipe's model.attn_implementation, else "
+        "transformers' default); greedy answers can differ between kernels in the last bits",
+    )
     p.add_argument("--output-dir", help="where results.json and samples.jsonl go (default runs/eval/DATASET-TIME)")
     p.add_argument("--seed", type=int, default=0, help="sampling seed, and the arithmetic task's problem draw")
     args = p.parse_args(argv)
@@ -284,6 +302,22 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return args
 
 
+def resolve_model_args(args: argparse.Namespace):
+    """The model, dtype and attention kernel not given on the command line: the --recipe's (as its run trained and
+    evaluated), else the defaults. Returns the recipe's config, or None."""
+    cfg = None
+    if args.recipe:
+        from rlhf.config import load_config
+
+        cfg = load_config(args.recipe, args.set)
+        args.model = args.model or cfg.model.path
+        args.dtype = args.dtype or cfg.model.dtype
+        args.attn_implementation = args.attn_implementation or cfg.model.attn_implementation
+    args.model = args.model or "smollm2-135m-instruct"
+    args.dtype = args.dtype or "bfloat16"
+    return cfg
+
+
 def run(args: argparse.Namespace) -> dict:
     """Load, evaluate, write results.json and samples.jsonl (main process); returns the results."""
     start = time.perf_counter()
@@ -291,6 +325,7 @@ def run(args: argparse.Namespace) -> dict:
     rank = accelerator.process_index
     random.seed(args.seed + rank)
     torch.manual_seed(args.seed + rank)
+    cfg = resolve_model_args(args)
     # data and reward before the model, so their errors come in seconds
     try:
         tokenizer = load_tokenizer(args.model)
@@ -298,7 +333,7 @@ def run(args: argparse.Namespace) -> dict:
         raise FileNotFoundError(f"could not load the tokenizer of {args.model!r}: {str(e).splitlines()[0]}") from e
     episodes = None
     if args.recipe:
-        prompts, reward_fns, episodes, data_desc = recipe_eval_setup(args, tokenizer, accelerator)
+        prompts, reward_fns, episodes, data_desc = recipe_eval_setup(args, cfg, tokenizer, accelerator)
     else:
         rows, data_desc = load_eval_rows(args)
         prompts = build_prompt_set(
@@ -307,7 +342,7 @@ def run(args: argparse.Namespace) -> dict:
         reward_fns = build_reward_functions([RewardSpec(fn=args.reward)])
     check_reward_signatures(reward_fns, list(prompts.columns))
     extractor_name, extract = answer_extractor(args.dataset, args.reward)
-    model, peft_model = load_model(args.model, args.adapter, args.dtype)
+    model, peft_model = load_model(args.model, args.adapter, args.dtype, args.attn_implementation)
     load_s = time.perf_counter() - start
     model = model.to(accelerator.device)
     engine = build_engine(

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import tiny_run as tiny_run_overrides
 
 from rlhf.evaluate import k_values, load_model, main, maj_at_k, pass_at_k
 
@@ -232,7 +233,6 @@ def test_script_reports_missing_column(tiny_model_dir, tmp_path, question_file):
 
 
 def test_training_evaluation_stops_where_rollouts_do(tiny_model_dir, tmp_path, monkeypatch):
-    from conftest import tiny_run
 
     import rlhf.trainer
     from rlhf.config import load_config
@@ -242,6 +242,33 @@ def test_training_evaluation_stops_where_rollouts_do(tiny_model_dir, tmp_path, m
     real = rlhf.trainer.greedy_eval
     monkeypatch.setattr(rlhf.trainer, "greedy_eval", lambda *a, **kw: seen.append(kw["stop"]) or real(*a, **kw))
     recipe = REPO / "recipes" / "grpo_arithmetic_smollm2.yaml"
-    over = [*tiny_run(tiny_model_dir, tmp_path), "eval.every=1", "eval.num_samples=2", 'rollout.stop=["\\n", "."]']
+    over = [
+        *tiny_run_overrides(tiny_model_dir, tmp_path),
+        "eval.every=1",
+        "eval.num_samples=2",
+        'rollout.stop=["\\n", "."]',
+    ]
     metrics = Trainer(load_config(recipe, over)).evaluate(None)
     assert seen == [["\n", "."]] and metrics["eval/num_samples"] == 2
+
+
+def test_recipe_evaluation_reproduces_the_runs_last_accuracy(tiny_model_dir, tmp_path):
+    """With --recipe, the model, its dtype and its attention kernel default to the recipe's, as the run used them, so
+    the run's final adapter scores what the run's last evaluation logged."""
+    from rlhf.config import load_config
+    from rlhf.trainer import Trainer
+
+    recipe = REPO / "recipes" / "demo_arithmetic_smollm2.yaml"
+    run = tmp_path / "run"
+    over = [*tiny_run_overrides(tiny_model_dir, run), "eval.every=2", "eval.num_samples=6", "train.max_steps=2"]
+    over += ["algorithm.dynamic_sampling=false", "algorithm.draw_prompts=0", "model.attn_implementation=eager"]
+    Trainer(load_config(recipe, over)).train()
+    logged = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    last = [r for r in logged if "eval/reward_mean" in r][-1]
+    out = tmp_path / "eval"
+    argv = ["--recipe", str(recipe), "--adapter", str(run / "adapter"), "--output-dir", str(out), "--set", *over]
+    assert main(argv) == 0
+    results, _ = _read(out)
+    c = results["config"]
+    assert (c["model"], c["dtype"], c["attn_implementation"]) == (tiny_model_dir, "float32", "eager")
+    assert results["metrics"]["reward_mean"] == pytest.approx(last["eval/reward_mean"], abs=1e-6)
