@@ -69,7 +69,7 @@ def render() -> str:
     out = [
         "# Configuration reference",
         "",
-        "Generated from `rlhf/config.py` by `python -m rlhf.config_reference`; a test fails when it is stale.",
+        "Generated from `rlhf/config_schema.py` by `python -m rlhf.config_reference`; a test fails when it is stale.",
         "Every key can be set in a recipe YAML or on the command line as `key.sub=value`.",
         "",
     ]
