@@ -258,10 +258,10 @@ def test_eval_path_and_hub_splits(tmp_path, monkeypatch):
     with pytest.raises(DataError, match=r"eval.path .* is the training file"):
         load_eval_rows(rows, str(train_file), eval_path=str(train_file))
 
-    import rlhf.data as data
+    import rlhf.data_sources as sources
 
     asked = []
-    monkeypatch.setattr(data, "load_rows", lambda p, n=None, s="train": asked.append((p, n, s)) or [{"prompt": s}])
+    monkeypatch.setattr(sources, "load_rows", lambda p, n=None, s="train": asked.append((p, n, s)) or [{"prompt": s}])
     train, evals, desc = load_eval_rows(rows, "org/ds", name="main", split="train", eval_split="test")
     assert asked == [("org/ds", "main", "test")] and evals == [{"prompt": "test"}] and train == rows
     assert desc == "1 rows of org/ds split 'test'"
