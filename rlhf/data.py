@@ -15,10 +15,10 @@ from torch import Tensor
 from rlhf.data_sources import (
     LOCAL_FORMATS,
     DataError,
-    _preview,
     arithmetic_problems,
     load_eval_rows,
     load_rows,
+    preview,
     sibling_split_file,
 )
 
@@ -152,7 +152,7 @@ def build_prompt_set(
     for i, row in enumerate(rows):
         if prompt_column in row and row[prompt_column] is None:
             raise DataError(
-                f"row {i + 1} of {len(rows)} has no prompt: column {prompt_column!r} is null ({_preview(row)}); "
+                f"row {i + 1} of {len(rows)} has no prompt: column {prompt_column!r} is null ({preview(row)}); "
                 "fill it in or delete the row"
             )
         if prompt_column in row and _is_empty(row[prompt_column]):
@@ -163,7 +163,7 @@ def build_prompt_set(
         except DataError as e:
             if prompt_column not in row:
                 raise
-            raise DataError(f"row {i + 1} of {len(rows)}: {e} ({_preview(row)})") from None
+            raise DataError(f"row {i + 1} of {len(rows)}: {e} ({preview(row)})") from None
         enc = encode_prompt(tokenizer, messages)
         if len(enc) > max_prompt_tokens:
             too_long += 1

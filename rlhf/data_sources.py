@@ -56,7 +56,8 @@ def arithmetic_problems(
     return train_rows, eval_rows
 
 
-def _preview(value: Any, width: int = 100) -> str:
+def preview(value: Any, width: int = 100) -> str:
+    """`value` as JSON, cut to `width` characters (for error messages that quote a row)."""
     text = json.dumps(value, default=str, ensure_ascii=False)
     return text if len(text) <= width else text[: width - 3] + "..."
 
@@ -90,7 +91,7 @@ def _check_json_lines(path: Path) -> None:
         except ValueError as e:
             raise DataError(
                 f"data file {path}, line {n}: not valid JSON ({getattr(e, 'msg', e)} at column "
-                f"{getattr(e, 'colno', '?')}): {_preview(line[:80])}; fix or delete the line (one JSON object per line)"
+                f"{getattr(e, 'colno', '?')}): {preview(line[:80])}; fix or delete the line (one JSON object per line)"
             ) from None
         if not isinstance(row, dict):
             raise DataError(

@@ -193,8 +193,6 @@ def recipe_eval_setup(args: argparse.Namespace, cfg, tokenizer, accelerator):
     reward_fns = build_reward_functions(cfg.rewards)
     args.reward = ", ".join(r.fn for r in cfg.rewards)
     args.max_new_tokens = args.max_new_tokens_given or cfg.eval.max_new_tokens or cfg.rollout.max_new_tokens
-    if args.stop is None:
-        args.stop = list(cfg.rollout.stop)
     episodes = None
     e = cfg.env
     if e.name is not None:
@@ -302,9 +300,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return args
 
 
-def resolve_model_args(args: argparse.Namespace):
-    """The model, dtype and attention kernel not given on the command line: the --recipe's (as its run trained and
-    evaluated), else the defaults. Returns the recipe's config, or None."""
+def resolve_recipe_defaults(args: argparse.Namespace):
+    """The model, dtype, attention kernel and stop strings not given on the command line: the --recipe's (as its run
+    trained and evaluated), else the defaults. Returns the recipe's config, or None."""
     cfg = None
     if args.recipe:
         from rlhf.config import load_config
@@ -313,8 +311,11 @@ def resolve_model_args(args: argparse.Namespace):
         args.model = args.model or cfg.model.path
         args.dtype = args.dtype or cfg.model.dtype
         args.attn_implementation = args.attn_implementation or cfg.model.attn_implementation
+        if args.stop is None:
+            args.stop = list(cfg.rollout.stop)
     args.model = args.model or "smollm2-135m-instruct"
     args.dtype = args.dtype or "bfloat16"
+    args.stop = args.stop or []
     return cfg
 
 
@@ -325,7 +326,7 @@ def run(args: argparse.Namespace) -> dict:
     rank = accelerator.process_index
     random.seed(args.seed + rank)
     torch.manual_seed(args.seed + rank)
-    cfg = resolve_model_args(args)
+    cfg = resolve_recipe_defaults(args)
     # data and reward before the model, so their errors come in seconds
     try:
         tokenizer = load_tokenizer(args.model)
@@ -370,7 +371,7 @@ def run(args: argparse.Namespace) -> dict:
         ]
     else:
         params = SamplingParams(
-            args.max_new_tokens, args.temperature, args.top_p, args.top_k, greedy=False, stop=list(args.stop or [])
+            args.max_new_tokens, args.temperature, args.top_p, args.top_k, greedy=False, stop=args.stop
         )
         metrics, rows_out = sampled_eval(*common, args.n, params, extract, args.batch_size, threshold, accelerator)
     engine.close()

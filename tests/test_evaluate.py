@@ -233,7 +233,6 @@ def test_script_reports_missing_column(tiny_model_dir, tmp_path, question_file):
 
 
 def test_training_evaluation_stops_where_rollouts_do(tiny_model_dir, tmp_path, monkeypatch):
-
     import rlhf.trainer
     from rlhf.config import load_config
     from rlhf.trainer import Trainer
