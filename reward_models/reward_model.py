@@ -25,7 +25,8 @@ from typing import Any, Literal
 import torch
 from torch import Tensor
 
-from rlhf.models import DTYPES, resolve_model_path
+from rlhf.dtypes import DTYPES, resolve_dtype
+from rlhf.models import resolve_model_path
 
 log = logging.getLogger(__name__)
 
@@ -109,7 +110,7 @@ def default_device() -> str:
 def load_reward_model(
     path: str,
     adapter: str | None = None,
-    dtype: str = "float32",
+    dtype: str = "auto",
     device: str | None = None,
     trust_remote_code: bool = False,
     tokenizer_path: str | None = None,
@@ -118,8 +119,7 @@ def load_reward_model(
     merged weights are the exact sum before any cast to `dtype`."""
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-    if dtype not in DTYPES:
-        raise ValueError(f"dtype {dtype!r} is not one of {', '.join(DTYPES)}")
+    dtype = resolve_dtype(dtype, device or default_device()).dtype  # a ValueError names the choices
     resolved = resolve_model_path(path)
     if tokenizer_path is None:
         has_own = adapter is not None and (Path(adapter) / "tokenizer_config.json").is_file()
@@ -179,7 +179,7 @@ class RewardModelScorer:
         adapter: str | None = None,
         batch_size: int = 16,
         device: str | None = None,
-        dtype: Literal["float32", "bfloat16", "float16"] = "float32",
+        dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto",
         max_length: int = 1024,
         normalize: Literal["none", "batch", "fixed"] = "none",
         mean: float | None = None,

@@ -28,7 +28,8 @@ from reward_models.bradley_terry import bradley_terry_loss
 from reward_models.reward_model import encode_pair, ensure_pad_token, pad_right, save_reward_model
 from rlhf.config import ConfigError, LoraConfig, OptimConfig, apply_override, doc, from_dict, to_dict
 from rlhf.data import DataError, arithmetic_problems, load_rows
-from rlhf.models import DTYPES, add_lora, resolve_model_path
+from rlhf.dtypes import DTYPES, resolve_dtype
+from rlhf.models import add_lora, lora_in_base_dtype, resolve_model_path
 
 log = logging.getLogger(__name__)
 USAGE = """usage: python -m reward_models.train_rm RECIPE.yaml [key.sub=value ...]
@@ -40,8 +41,10 @@ Writes <output_dir>/model (load it with reward_models.reward_model:RewardModelSc
 @dataclass
 class RMModel:
     path: str = doc("Base model: hub id, local directory or `smollm2-135m-instruct`.", "smollm2-135m-instruct")
-    dtype: Literal["float32", "bfloat16", "float16"] = doc(
-        "Weight dtype of the frozen base and the saved model.", "float32"
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = doc(
+        "Weight dtype of the frozen base and the saved model; `auto` as the trainer's model.dtype (bfloat16 where "
+        "the device computes it natively, else float32), resolved when the recipe is read.",
+        "auto",
     )
     lora: LoraConfig = doc(
         "Adapters (the score head trains in full); `r: 0` = full fine-tuning instead.", factory=LoraConfig
@@ -116,6 +119,7 @@ def load_config(recipe: str | Path | None, overrides: list[str] | None = None) -
     for assignment in overrides or []:
         apply_override(tree, assignment)
     cfg = from_dict(RMConfig, tree)
+    cfg.model.dtype = resolve_dtype(cfg.model.dtype).dtype
     d, t = cfg.data, cfg.train
     checks = [
         (bool(d.path), "data.path: give `arithmetic-preferences`, a file or a hub dataset id"),
@@ -228,7 +232,8 @@ def pair_forward(model, part: list[tuple], pad_id: int, device, margin: float) -
     """Chosen and rejected of `part` (token ids, token ids, margin) in one right-padded forward:
     (loss, chosen rewards [b], rejected rewards [b]), float32."""
     ids, mask = pad_right([c for c, _, _ in part] + [x for _, x, _ in part], pad_id)
-    r = model(input_ids=ids.to(device), attention_mask=mask.to(device)).logits[:, 0].float()
+    with lora_in_base_dtype(model):  # a bfloat16 base: adapters and the float32 score head under autocast
+        r = model(input_ids=ids.to(device), attention_mask=mask.to(device)).logits[:, 0].float()
     rc, rr = r[: len(part)], r[len(part) :]
     m = torch.tensor([mg + margin for _, _, mg in part], device=r.device)
     return bradley_terry_loss(rc, rr, m), rc, rr

@@ -142,7 +142,8 @@ def build_teacher(cfg: Config, tokenizer) -> torch.nn.Module:
     """On-policy distillation's teacher, frozen: `algorithm.teacher.path` (default: the student's base) with its
     adapter folded in. Its tokenizer must be the student's, token for token."""
     from rlhf.config import ConfigError
-    from rlhf.models import DTYPES, load_policy, load_tokenizer, resolve_model_path
+    from rlhf.dtypes import torch_dtype
+    from rlhf.models import load_policy, load_tokenizer, resolve_model_path
     from rlhf.policy import Policy
 
     t, m = cfg.algorithm.teacher, cfg.model
@@ -159,7 +160,7 @@ def build_teacher(cfg: Config, tokenizer) -> torch.nn.Module:
         from transformers import AutoModelForCausalLM
 
         model = AutoModelForCausalLM.from_pretrained(
-            resolve_model_path(path), dtype=DTYPES[t.dtype], trust_remote_code=m.trust_remote_code
+            resolve_model_path(path), dtype=torch_dtype(t.dtype), trust_remote_code=m.trust_remote_code
         )
     model.requires_grad_(False)
     set_attention(model, m.attn_implementation)

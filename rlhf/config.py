@@ -34,6 +34,7 @@ from rlhf.config_schema import (
     VLLMConfig,
 )
 from rlhf.config_schema import doc as doc
+from rlhf.dtypes import resolve_recipe_dtypes
 
 __all__ = [
     "AlgorithmConfig",
@@ -223,6 +224,7 @@ def load_config(recipe: str | Path | None, overrides: list[str] | None = None) -
         apply_override(tree, assignment)
     cfg = from_dict(Config, tree)
     validate(cfg)
+    resolve_recipe_dtypes(cfg)
     return cfg
 
 

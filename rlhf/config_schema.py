@@ -48,8 +48,12 @@ class ModelConfig:
         "converted once to a safetensors cache).",
         "smollm2-135m-instruct",
     )
-    dtype: Literal["float32", "bfloat16", "float16"] = doc(
-        "Weight dtype of the frozen base. Adapters and log-probabilities stay float32.", "bfloat16"
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = doc(
+        "Weight dtype of the frozen base (and of a separate critic). Adapters and log-probabilities stay float32. "
+        "`auto`: bfloat16 where the device computes it natively (CUDA with bf16, a CPU with AVX512_BF16 or AMX), "
+        "float32 where it would be emulated (~50x slower on an AVX2-only CPU); `rlhf.dtypes` says how it decides. "
+        "The run logs the choice and records the resolved dtype in config.yaml.",
+        "auto",
     )
     attn_implementation: str | None = doc(
         "Attention kernel of the policy (and of a separate critic or a teacher): `eager`, `sdpa`, "
@@ -244,7 +248,9 @@ class TeacherConfig:
 
     path: str | None = doc("The teacher model: hub id, local directory or short name; none = the student's base.", None)
     adapter: str | None = doc("A PEFT adapter folded onto the teacher (e.g. a run's `adapter/` directory).", None)
-    dtype: Literal["float32", "bfloat16", "float16"] = doc("The teacher's weight dtype.", "bfloat16")
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = doc(
+        "The teacher's weight dtype (`auto` as model.dtype).", "auto"
+    )
 
 
 @dataclass

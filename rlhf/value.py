@@ -64,7 +64,7 @@ class Critic(nn.Module):
 
 def load_critic(
     path: str,
-    dtype: str = "bfloat16",
+    dtype: str = "auto",
     lora_r: int = 16,
     lora_alpha: float = 32.0,
     lora_dropout: float = 0.0,
@@ -78,7 +78,8 @@ def load_critic(
     model's score of each prefix). LoRA adapters in float32 on a `dtype` trunk."""
     from transformers import AutoModel, AutoModelForSequenceClassification
 
-    from rlhf.models import DTYPES, add_lora, enable_checkpointing, resolve_model_path
+    from rlhf.dtypes import torch_dtype
+    from rlhf.models import add_lora, enable_checkpointing, resolve_model_path
 
     if init_from:
         try:
@@ -93,7 +94,7 @@ def load_critic(
         if rm.config.num_labels != 1:
             raise ValueError(f"value.init_from={init_from!r} has num_labels={rm.config.num_labels}; a critic needs 1")
         score = next(getattr(rm, n) for n in ("score", "classifier") if hasattr(rm, n))
-        trunk = rm.base_model.to(DTYPES[dtype])
+        trunk = rm.base_model.to(torch_dtype(dtype))
         head = ValueHead(trunk.config.hidden_size)
         with torch.no_grad():
             head.linear.weight.copy_(score.weight.float())
@@ -102,7 +103,7 @@ def load_critic(
         log.info("critic initialised from the reward model %s", init_from)
     else:
         trunk = AutoModel.from_pretrained(
-            resolve_model_path(path), dtype=DTYPES[dtype], trust_remote_code=trust_remote_code
+            resolve_model_path(path), dtype=torch_dtype(dtype), trust_remote_code=trust_remote_code
         )
         head = ValueHead(trunk.config.hidden_size)
     if gradient_checkpointing:

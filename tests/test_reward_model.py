@@ -184,7 +184,7 @@ def test_scorer_prefers_the_correct_answer(trained_rm):
 def test_scorer_merges_a_peft_adapter(tiny_model_dir, tmp_path):
     from transformers import AutoTokenizer
 
-    cfg = load_rm_config(RM_RECIPE, [f"model.path={tiny_model_dir}"])
+    cfg = load_rm_config(RM_RECIPE, [f"model.path={tiny_model_dir}", "model.dtype=float32"])  # an exact comparison
     tok = AutoTokenizer.from_pretrained(tiny_model_dir)
     torch.manual_seed(0)
     peft_model = build_model(cfg.model, tok)
@@ -193,7 +193,7 @@ def test_scorer_merges_a_peft_adapter(tiny_model_dir, tmp_path):
             if p.requires_grad:
                 p.add_(torch.randn_like(p) * 0.1)
     peft_model.save_pretrained(tmp_path / "adapter")
-    scorer = RewardModelScorer(path=tiny_model_dir, adapter=str(tmp_path / "adapter"), device="cpu")
+    scorer = RewardModelScorer(path=tiny_model_dir, adapter=str(tmp_path / "adapter"), device="cpu", dtype="float32")
     prompts, completions = ["Compute 1 + 2.", "Compute 10 + 20."], ["3", "The answer is 31."]
     peft_model.eval()
     with torch.no_grad():
