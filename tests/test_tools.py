@@ -22,7 +22,7 @@ from rlhf.tools import (
     truncate,
 )
 from rlhf.tools.calculator import format_number
-from rlhf.tools.python_tool import namespace_prefix
+from rlhf.tools.sandbox import detect_isolation
 
 NAMES = ["calculator", "python"]
 
@@ -251,12 +251,12 @@ def test_format_number():
 @pytest.fixture(scope="module")
 def python():
     """Generous time (a loaded machine starts interpreters slowly); the timeout tests use `impatient`."""
-    return PythonExecutor(timeout=20.0, memory_mb=256, max_output_bytes=20_000)
+    return PythonExecutor(timeout=20.0, memory_mb=256, max_output_bytes=20_000, allow_unsafe=True)
 
 
 @pytest.fixture(scope="module")
 def impatient():
-    return PythonExecutor(timeout=1.0, memory_mb=256)
+    return PythonExecutor(timeout=1.0, memory_mb=256, allow_unsafe=True)
 
 
 def test_python_output(python):
@@ -327,12 +327,19 @@ def _listening_socket():
     return server
 
 
-@pytest.mark.parametrize("network", ["guard", "namespace"])
-def test_python_no_network(network):
-    if network == "namespace" and namespace_prefix() is None:
-        pytest.skip("`unshare -n` / `unshare -rn` does not work on this machine")
-    tool = PythonExecutor(timeout=20.0, network=network)
-    assert tool.sandbox()["network"] == ("socket guard" if network == "guard" else "namespace")
+def _isolation_or_skip(level: str) -> None:
+    try:
+        detect_isolation(level)
+    except ValueError as e:
+        pytest.skip(str(e))
+
+
+@pytest.mark.parametrize("level", ["guard", "unshare", "bwrap"])
+def test_python_no_network(level):
+    _isolation_or_skip(level)
+    tool = PythonExecutor(timeout=20.0, isolation=level, allow_unsafe=True)
+    assert tool.sandbox()["isolation"] == level
+    assert tool.sandbox()["network"] == ("socket guard" if level == "guard" else "namespace")
     with _listening_socket() as server:  # reachable from the parent, not from the tool
         port = server.getsockname()[1]
         with pytest.raises(ToolError, match="OSError|ConnectionRefusedError|Network is unreachable"):
@@ -351,8 +358,8 @@ def test_python_isolation(python, tmp_path, monkeypatch):
 
 
 def test_python_bad_settings():
-    with pytest.raises(ValueError, match="network='tcp'"):
-        PythonExecutor(network="tcp")
+    with pytest.raises(ValueError, match="isolation='tcp'"):
+        PythonExecutor(isolation="tcp")
     with pytest.raises(ValueError, match="must be positive"):
         PythonExecutor(timeout=0)
 
@@ -371,7 +378,7 @@ def test_build_tools(tmp_path):
     tools = build_tools(
         [
             "calculator",
-            {"name": "python", "kwargs": {"timeout": 2}},
+            {"name": "python", "kwargs": {"timeout": 2, "allow_unsafe": True}},
             f"{f}:shout",
             {"fn": f"{f}:Echo", "kwargs": {"times": 2}},
         ]

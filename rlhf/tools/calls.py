@@ -12,19 +12,27 @@ Two call formats (`style`):
 Reading rules, the same in both styles: calls are found left to right and never overlap; a call ends at the first
 closing tag after its opening tag; when its name's opening tag appears again before that close, the later one starts
 the call (the earlier is unclosed text), so of two nested calls of one name the inner one is taken; an opening tag
-without a closing tag (a turn cut off by the token budget) is not a call."""
+without a closing tag (a turn cut off by the token budget) is not a call.
+
+Robustness: parsing takes time linear in the text (up to a log factor), whatever the model wrote; a call body longer
+than `MAX_CALL_CHARS` or a JSON body nested deeper than `MAX_JSON_DEPTH` is answered with an error instead of being
+read; no exception from parsing or from a tool stops training (`run_tool_call` turns them into `error:` results)."""
 
 from __future__ import annotations
 
+import bisect
 import json
 import re
 from collections.abc import Iterable
 
 from rlhf.tools.base import Tool, ToolCall, ToolError
+from rlhf.tools.signals import watch_signals
 
 STYLES = ("tags", "json")
 JSON_TAG = "tool_call"
 NAME_PATTERN = re.compile(r"[A-Za-z_][A-Za-z0-9_.-]*")
+MAX_CALL_CHARS = 100_000  # a call body longer than this is answered with an error, not read
+MAX_JSON_DEPTH = 64  # brackets nested deeper than this in a JSON call are an error (json would recurse on them)
 
 
 def _check_style(style: str) -> None:
@@ -33,23 +41,31 @@ def _check_style(style: str) -> None:
 
 
 def _tagged_spans(text: str, names: Iterable[str]) -> list[tuple[str, int, int, int, int]]:
-    """(name, call start, argument start, argument end, call end) of each complete `<name>...</name>`, left to right."""
+    """(name, call start, argument start, argument end, call end) of each complete `<name>...</name>`, left to right.
+
+    Every tag is found once with a regex and looked up by bisection, so unclosed tags cost O(n log n), not O(n^2)."""
     names = sorted(set(names), key=len, reverse=True)
     if not names:
         return []
-    opening = re.compile("<(" + "|".join(re.escape(n) for n in names) + ")>")
+    alternatives = "|".join(re.escape(n) for n in names)
+    opens: dict[str, list[int]] = {}
+    closes: dict[str, list[int]] = {}
+    for m in re.finditer(f"<(/?)({alternatives})>", text):
+        (closes if m.group(1) else opens).setdefault(m.group(2), []).append(m.start())
     found, pos = [], 0
-    while (start := opening.search(text, pos)) is not None:
-        name = start.group(1)
-        close = text.find(f"</{name}>", start.end())
-        if close < 0:
-            pos = start.end()
+    for start, name in sorted((s, n) for n, starts in opens.items() for s in starts):
+        if start < pos:
             continue
-        reopen = text.rfind(f"<{name}>", start.end(), close)
-        begin = reopen if reopen >= 0 else start.start()
-        arg_start = begin + len(name) + 2
+        after = start + len(name) + 2
+        ends = closes.get(name, [])
+        k = bisect.bisect_left(ends, after)
+        if k == len(ends):
+            continue  # unclosed: not a call
+        close = ends[k]
+        same = opens[name]
+        begin = same[bisect.bisect_left(same, close) - 1]  # the last opening of this name before the close
         end = close + len(name) + 3
-        found.append((name, begin, arg_start, close, end))
+        found.append((name, begin, begin + len(name) + 2, close, end))
         pos = end
     return found
 
@@ -62,17 +78,46 @@ def parse_tool_calls(text: str, tools: Iterable[str], style: str = "tags") -> li
     string `name` is returned with `error` set and an empty name."""
     _check_style(style)
     if style == "tags":
-        return [ToolCall(n, text[a:b], (s, e)) for n, s, a, b, e in _tagged_spans(text, tools)]
+        return [_tag_call(n, text[a:b], (s, e)) for n, s, a, b, e in _tagged_spans(text, tools)]
     calls = []
     for _, start, arg_start, arg_end, end in _tagged_spans(text, [JSON_TAG]):
         calls.append(_json_call(text[arg_start:arg_end], (start, end)))
     return calls
 
 
+def _too_long(body: str) -> str | None:
+    if len(body) > MAX_CALL_CHARS:
+        return f"the call is {len(body)} characters long, past the limit of {MAX_CALL_CHARS}"
+    return None
+
+
+def _tag_call(name: str, body: str, span: tuple[int, int]) -> ToolCall:
+    error = _too_long(body)
+    return ToolCall(name, "" if error else body, span, error=error)
+
+
+def json_depth(body: str) -> int:
+    """The deepest nesting of `[` / `{` in a JSON text (brackets inside strings ignored)."""
+    depth = deepest = 0
+    for token in re.finditer(r'"(?:[^"\\]|\\.)*"?|[\[{]|[\]}]', body):
+        char = token.group()[0]
+        if char in "[{":
+            depth += 1
+            deepest = max(deepest, depth)
+        elif char in "]}":
+            depth -= 1
+    return deepest
+
+
 def _json_call(body: str, span: tuple[int, int]) -> ToolCall:
+    error = _too_long(body)
+    if error is None and body.count("[") + body.count("{") > MAX_JSON_DEPTH and json_depth(body) > MAX_JSON_DEPTH:
+        error = f"the tool call nests brackets deeper than {MAX_JSON_DEPTH} levels"
+    if error is not None:
+        return ToolCall("", "", span, error=error)
     try:
         value = json.loads(body)
-    except ValueError as e:
+    except (ValueError, RecursionError) as e:
         return ToolCall("", body, span, error=f"the tool call is not valid JSON ({e})")
     if not isinstance(value, dict) or not isinstance(value.get("name"), str):
         return ToolCall("", body, span, error='a tool call is a JSON object {"name": ..., "arguments": {...}}')
@@ -83,24 +128,37 @@ def _json_call(body: str, span: tuple[int, int]) -> ToolCall:
 
 
 def run_tool_call(call: ToolCall, tools: dict[str, Tool], max_chars: int = 1000) -> str:
-    """The observation text for one call; never raises (except KeyboardInterrupt / SystemExit).
+    """The observation text for one call; never raises, unless the trainer itself was signalled during the call.
 
     An unknown tool, an unreadable call, a `ToolError` or any other exception from the tool becomes a text starting
-    `error:`. The result is cut to `max_chars` characters (the start and the end kept, a marker in the middle saying
-    how many characters were cut)."""
+    `error:`, and so does a `KeyboardInterrupt` / `SystemExit` out of the tool while no SIGINT / SIGTERM reached this
+    process (`rlhf.tools.signals`); after such a signal the trainer's stop propagates. The result is cut to
+    `max_chars` characters (the start and the end kept, a marker in the middle saying how many characters were cut)."""
     if call.error is not None:
         return truncate(f"error: {call.error}", max_chars)
     tool = tools.get(call.name)
     if tool is None:
         known = ", ".join(sorted(tools)) or "none"
         return truncate(f"error: unknown tool {call.name!r}; the tools are: {known}", max_chars)
+    with watch_signals() as signals:
+        try:
+            result = tool(call.arguments)
+            return truncate(result if isinstance(result, str) else str(result), max_chars)
+        except ToolError as e:
+            return truncate(f"error: {e}", max_chars)
+        except (KeyboardInterrupt, SystemExit) as e:
+            if signals.received:
+                raise  # the trainer was told to stop: not the call's business
+            return truncate(f"error: {call.name} was interrupted ({type(e).__name__})", max_chars)
+        except Exception as e:  # a user tool's bug is the model's observation, never the trainer's crash
+            return truncate(f"error: {call.name} failed: {_describe(e)}", max_chars)
+
+
+def _describe(error: BaseException) -> str:
     try:
-        result = tool(call.arguments)
-    except ToolError as e:
-        return truncate(f"error: {e}", max_chars)
-    except Exception as e:  # a user tool's bug is the model's observation, never the trainer's crash
-        return truncate(f"error: {call.name} failed: {type(e).__name__}: {e}", max_chars)
-    return truncate(result if isinstance(result, str) else str(result), max_chars)
+        return f"{type(error).__name__}: {error}"
+    except Exception:  # an exception whose str() fails
+        return type(error).__name__
 
 
 def truncate(text: str, max_chars: int) -> str:

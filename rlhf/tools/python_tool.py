@@ -1,24 +1,23 @@
-"""The `python` tool: runs a policy's code in a separate, limited process and returns what it printed.
+"""The `python` tool: runs a policy's code in a separate, limited and isolated process and returns what it printed.
+
+Isolation (`rlhf.tools.sandbox`): the child runs under bubblewrap (`bwrap`) where it works, else in
+`unshare` user, pid and network namespaces, else with only an in-process socket guard, which the tool refuses unless
+`allow_unsafe=True`. The level taken is logged when the tool is built and reported by `sandbox()`.
 
 Limits, all applied to the child only (the trainer's process is never touched):
 
-- wall clock: the child's process group is killed after `timeout` seconds;
-- CPU time: `RLIMIT_CPU` (the kernel kills a busy loop even if the parent is stalled);
-  the limits are set by the child itself before the code runs (no `preexec_fn`, which is unsafe in a threaded
-  trainer); soft and hard limits are equal, so the code cannot raise them unless it runs as root;
+- wall clock: the child's process group is killed after `timeout` seconds, and with bwrap or unshare the child is
+  the first process of its own pid namespace, so every process it started (a double fork, `setsid`) ends with it;
+- CPU time: `RLIMIT_CPU` (the kernel kills a busy loop even if the parent is stalled); the limits are set by the
+  child itself before the code runs (no `preexec_fn`, which is unsafe in a threaded trainer); soft and hard limits
+  are equal, so the code cannot raise them;
 - memory: `RLIMIT_AS` caps the address space, so a memory bomb fails inside the child with `MemoryError`;
-- files: it runs in a fresh temporary directory (its working directory and `HOME`, deleted afterwards) and
-  `RLIMIT_FSIZE` caps any file it writes, its captured output included (so an endless print cannot fill the disk);
-- processes: `RLIMIT_NPROC` caps forks for a non-root user (root ignores that limit, the process group kill remains);
-- network: when `unshare -n` (root) or `unshare -rn` (an unprivileged user namespace) works on this machine the child
-  runs in an empty network namespace: no interface but a down loopback, so no socket of any kind (Python, C
-  extensions, `subprocess` of `curl`) reaches anything. Otherwise the child's Python `socket` module is replaced
-  before the code runs (`connect`, `bind`, `sendto`, name lookups): that stops ordinary Python networking
-  (`urllib`, `http.client`, `socket`) but not ctypes, `_socket` used directly or a spawned program; `network` in the
-  tool's `sandbox()` says which one is in force.
-
-It is isolation against accidents and runaway code (a model writing `while True`, `9**9**9`, a huge print), not a
-security boundary against hostile code: the child can read any file the trainer's user can read.
+- files: the work folder (its working directory and `HOME`) is fresh per call: a tmpfs inside bwrap, else a host
+  temporary folder deleted afterwards (also when the trainer is sent SIGTERM mid-call). The code and the captured
+  output are unnamed temporary files; `RLIMIT_FSIZE` caps any file the child writes, its output included;
+- processes: `RLIMIT_NPROC` caps forks where the kernel enforces it (a host uid other than root);
+- network: with bwrap or unshare an empty network namespace (no interface but a down loopback); with the guard only,
+  Python's `socket` functions are replaced, which a hostile program can get around.
 
 When the last statement of the code is an expression its value is printed, as in a REPL, so `<python>347*28</python>`
 answers `9716`. The result is stdout and stderr interleaved; a non-zero exit or a timeout raises `ToolError` with
@@ -26,28 +25,36 @@ the output so far (the model sees it as an `error:` observation)."""
 
 from __future__ import annotations
 
-import functools
+import contextlib
+import logging
 import os
-import shutil
 import signal
 import subprocess
 import sys
 import tempfile
-from pathlib import Path
+from collections.abc import Iterator
+from typing import IO
 
 from rlhf.tools.base import ToolError, text_argument
+from rlhf.tools.sandbox import NOBODY, SANDBOX_WORK, Isolation, detect_isolation
+from rlhf.tools.signals import watch_signals
 
-# Runs in the child before the user's code: the socket guard (when no namespace is available), then the code itself,
-# compiled so tracebacks show only the user's lines (`<code>`), with a REPL-style print of a final expression.
+log = logging.getLogger(__name__)
+NPROC = 64  # processes (threads count too) the child may run at once where the kernel enforces RLIMIT_NPROC
+
+# Runs in the child before the user's code (read from stdin): the limits, the socket guard (guard level only), then
+# the code, compiled so tracebacks show only the user's lines (`<code>`), with a REPL-style print of a final expression.
 RUNNER = r"""
 import ast, os, resource, sys, traceback
-path, mode, memory, cpu, fsize = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5])
+mode, memory, cpu, fsize, nproc = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5])
+source = sys.stdin.read()
+sys.stdin.close()
 resource.setrlimit(resource.RLIMIT_AS, (memory, memory))
 resource.setrlimit(resource.RLIMIT_CPU, (cpu, cpu + 1))
 resource.setrlimit(resource.RLIMIT_FSIZE, (fsize, fsize))
 resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
-if os.getuid() != 0:
-    resource.setrlimit(resource.RLIMIT_NPROC, (64, 64))
+if nproc:
+    resource.setrlimit(resource.RLIMIT_NPROC, (nproc, nproc))
 if mode == "guard":
     import socket
     def _no_network(*args, **kwargs):
@@ -57,10 +64,9 @@ if mode == "guard":
     for _name in ("getaddrinfo", "gethostbyname", "gethostbyname_ex", "create_connection", "create_server"):
         setattr(socket, _name, _no_network)
     del socket, _no_network, _name
-source = open(path, encoding="utf-8").read()
 try:
     tree = ast.parse(source, "<code>")
-except SyntaxError:
+except (SyntaxError, ValueError, MemoryError, RecursionError):
     traceback.print_exc(limit=0)
     sys.exit(1)
 last = tree.body.pop() if tree.body and isinstance(tree.body[-1], ast.Expr) else None
@@ -86,8 +92,9 @@ class PythonExecutor:
     """The `python` tool: `<python>print(sum(range(10)))</python>` -> `45`.
 
     `timeout` (s, wall clock), `memory_mb` (address space), `max_output_bytes` (bytes of output kept; the child's
-    output file is capped there), `network` (`"auto"`: a network namespace when available, else the socket guard;
-    `"namespace"`: require the namespace; `"guard"`: the socket guard only)."""
+    output file is capped there), `isolation` (`"auto"`: the strongest that works here; `"bwrap"`, `"unshare"`:
+    require that one; `"guard"`: the in-process socket guard only), `allow_unsafe` (accept the guard alone; without
+    it a machine with neither bwrap nor working namespaces is an error at construction, before training starts)."""
 
     name = "python"
     description = "runs Python code in a sandbox and returns what it prints (the last expression's value is shown)"
@@ -95,24 +102,35 @@ class PythonExecutor:
     example = "print(sum(range(10)))"
 
     def __init__(
-        self, timeout: float = 5.0, memory_mb: int = 512, max_output_bytes: int = 1_000_000, network: str = "auto"
+        self,
+        timeout: float = 5.0,
+        memory_mb: int = 512,
+        max_output_bytes: int = 1_000_000,
+        isolation: str = "auto",
+        allow_unsafe: bool = False,
     ):
-        if network not in ("auto", "namespace", "guard"):
-            raise ValueError(f"python tool: network={network!r}; use 'auto', 'namespace' or 'guard'")
         if timeout <= 0 or memory_mb <= 0 or max_output_bytes <= 0:
             raise ValueError("python tool: timeout, memory_mb and max_output_bytes must be positive")
         self.timeout = timeout
         self.memory_mb = memory_mb
         self.max_output_bytes = max_output_bytes
-        prefix = namespace_prefix() if network != "guard" else None
-        if network == "namespace" and prefix is None:
-            raise ValueError("python tool: network='namespace' but `unshare -n` / `unshare -rn` does not work here")
-        self.prefix = prefix
+        self.isolation: Isolation = detect_isolation(isolation)
+        if self.isolation.level == "guard" and not allow_unsafe:
+            raise ValueError(
+                "python tool: no sandbox works on this machine (" + self.isolation.reason + "), and the in-process "
+                "guard alone lets the code read the trainer's memory and environment and signal it. Install "
+                "bubblewrap (`apt-get install bubblewrap`, or `make install` as root), or accept the risk with "
+                "allow_unsafe: true in the tool's env.tools entry: {name: python, kwargs: {allow_unsafe: true}}"
+            )
+        level = log.warning if self.isolation.level == "guard" else log.info
+        level("python tool isolation: %s", self.isolation.describe())
 
     def sandbox(self) -> dict:
         """How the child is limited (for logs and the run's record)."""
         return {
-            "network": "namespace" if self.prefix else "socket guard",
+            "isolation": self.isolation.level,
+            "description": self.isolation.describe(),
+            "network": "socket guard" if self.isolation.level == "guard" else "namespace",
             "timeout_s": self.timeout,
             "memory_mb": self.memory_mb,
             "max_output_bytes": self.max_output_bytes,
@@ -120,13 +138,16 @@ class PythonExecutor:
 
     def __call__(self, arguments: str) -> str:
         code = text_argument(arguments, self.argument)
-        with tempfile.TemporaryDirectory(prefix="rlhf-python-") as work:
-            Path(work, "code.py").write_text(code, encoding="utf-8")
-            out_path = Path(work, ".output")
-            timed_out, returncode = self._run(work, out_path)
-            output = _read_head(out_path, self.max_output_bytes)
-            full = out_path.stat().st_size >= self.max_output_bytes
-        if full:
+        with watch_signals(), tempfile.TemporaryFile() as source, tempfile.TemporaryFile() as out:
+            source.write(code.encode("utf-8", errors="surrogatepass"))
+            source.seek(0)
+            timed_out, returncode = self._run(source, out)
+            if self.isolation.level != "guard" and 128 < returncode < 128 + signal.NSIG:
+                returncode = 128 - returncode  # bwrap and unshare report a child killed by signal N as 128 + N
+            size = out.seek(0, os.SEEK_END)
+            out.seek(0)
+            output = out.read(self.max_output_bytes).decode("utf-8", errors="replace")
+        if size >= self.max_output_bytes:
             raise ToolError(f"output past the limit of {self.max_output_bytes} bytes; it began:\n{output}")
         if timed_out:
             raise ToolError(f"timed out after {self.timeout:g} s" + (f"; output so far:\n{output}" if output else ""))
@@ -137,16 +158,19 @@ class PythonExecutor:
             raise ToolError(output.strip() or f"exit status {returncode}")
         return output.rstrip() if output.strip() else "(no output)"
 
-    def _run(self, work: str, out_path: Path) -> tuple[bool, int]:
-        """Run the child to its end or the timeout: (timed out, return code)."""
-        mode = "namespace" if self.prefix else "guard"
-        limits = [str(self.memory_mb * 2**20), str(int(self.timeout) + 1), str(self.max_output_bytes)]
-        cmd = [*(self.prefix or []), sys.executable, "-I", "-u", "-c", RUNNER, "code.py", mode, *limits]
-        env = {"PATH": os.defpath, "HOME": work, "LANG": "C.UTF-8", "PYTHONIOENCODING": "utf-8"}
-        with open(out_path, "wb") as out:
+    def _run(self, source: IO[bytes], out: IO[bytes]) -> tuple[bool, int]:
+        """Run the child to its end or the timeout: (timed out, return code). Its processes all end here."""
+        iso = self.isolation
+        nproc = NPROC if (iso.user if iso.user is not None else os.getuid()) != 0 else 0
+        limits = [str(self.memory_mb * 2**20), str(int(self.timeout) + 1), str(self.max_output_bytes), str(nproc)]
+        mode = "guard" if iso.level == "guard" else "namespace"
+        cmd = [*iso.prefix, sys.executable, "-I", "-u", "-c", RUNNER, mode, *limits]
+        with _work_folder(iso) as work:
+            env = {"PATH": os.defpath, "HOME": work, "LANG": "C.UTF-8", "PYTHONIOENCODING": "utf-8"}
+            drop = {"user": iso.user, "group": iso.user, "extra_groups": []} if iso.user is not None else {}
             proc = subprocess.Popen(
-                cmd, cwd=work, env=env, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
-                start_new_session=True,
+                cmd, cwd="/" if iso.private_work else work, env=env, stdin=source, stdout=out,
+                stderr=subprocess.STDOUT, start_new_session=True, **drop,
             )  # fmt: skip
             try:
                 return False, proc.wait(timeout=self.timeout)
@@ -154,6 +178,18 @@ class PythonExecutor:
                 return True, proc.returncode if proc.returncode is not None else -signal.SIGKILL
             finally:
                 _kill_group(proc)
+
+
+@contextlib.contextmanager
+def _work_folder(iso: Isolation) -> Iterator[str]:
+    """The child's working directory: bwrap's own tmpfs, or a host temporary folder (owned by the child's user)."""
+    if iso.private_work:
+        yield SANDBOX_WORK
+        return
+    with tempfile.TemporaryDirectory(prefix="rlhf-python-") as work:
+        if iso.user is not None:
+            os.chown(work, iso.user, NOBODY)
+        yield work
 
 
 def _kill_group(proc: subprocess.Popen) -> None:
@@ -164,12 +200,6 @@ def _kill_group(proc: subprocess.Popen) -> None:
     proc.wait()
 
 
-def _read_head(path: Path, limit: int) -> str:
-    with open(path, "rb") as f:
-        data = f.read(limit)
-    return data.decode("utf-8", errors="replace")
-
-
 def _signal_name(number: int) -> str:
     try:
         return {signal.SIGXCPU: "the CPU-time limit (SIGXCPU)", signal.SIGKILL: "SIGKILL"}.get(
@@ -177,21 +207,3 @@ def _signal_name(number: int) -> str:
         )
     except ValueError:
         return f"signal {number}"
-
-
-@functools.cache
-def namespace_prefix() -> tuple[str, ...] | None:
-    """`("unshare", "-n")` or `("unshare", "-rn")` when that runs a program with no network here, else None
-    (probed once per process)."""
-    unshare = shutil.which("unshare")
-    if unshare is None or not sys.platform.startswith("linux"):
-        return None
-    options = (["-n"], ["-rn"]) if os.getuid() == 0 else (["-rn"],)
-    for option in options:
-        try:
-            probe = subprocess.run([unshare, *option, "true"], capture_output=True, timeout=10)
-        except (OSError, subprocess.TimeoutExpired):
-            continue
-        if probe.returncode == 0:
-            return (unshare, *option)
-    return None
