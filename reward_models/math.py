@@ -10,7 +10,8 @@ Public names (other code and recipes call these):
     math_correctness.metrics(), format_reward.metrics() -> {"verifier_timeouts": float}   for the reward logs
 
 Extraction (the forms and their priority): math_extract.
-How equality is decided (details in math_normalize, math_shapes, math_compare, math_expr, math_sympy):
+How equality is decided (details in math_clean, math_normalize, math_shapes, math_compare, math_expr, math_eval,
+math_sympy):
   * LaTeX and prose are cleaned: `\\left( \\right)`, `\\! \\, \\ `, `\\text{}`, `\\dfrac`, `\\frac12`, `$`,
     `\\$`, thousands separators (`1,000`, `10,\\!000`, `14{,}916`, `1 000`), units and currency words (`5 cm`,
     `5 dollars`, `\\text{ inches}^2`), `^\\circ`, `%`, a leading `x =` or `x \\in`, and backslashes a string

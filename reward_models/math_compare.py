@@ -1,7 +1,7 @@
 """Is a predicted answer equal to the gold one? Structure first, then numbers, then (rarely) sympy.
 
 Why numbers before sympy: almost every answer in GSM8K / MATH-style training is a number or a small
-expression, and exact rational arithmetic (`math_expr.evaluate`) decides those in microseconds. Expressions
+expression, and exact rational arithmetic (`math_eval.evaluate`) decides those in microseconds. Expressions
 with variables are compared at fixed probe points with complex arithmetic (polynomial identity testing: `2x+2`
 and `2(x+1)` agree everywhere, `\\sqrt{x^2}` and `x` do not at x < 0); sympy in the worker process is only
 asked when the numbers cannot decide (overflow, a domain error at every probe point, agreement only to a few
@@ -19,9 +19,9 @@ import time
 from dataclasses import dataclass
 from fractions import Fraction
 
-from reward_models import math_expr
-from reward_models.math_normalize import _VARIABLE, Answer, decimal_comma, is_name, parse_answer, text_key
-from reward_models.math_sympy import sympy_check
+from reward_models import math_eval, math_expr
+from reward_models.math_normalize import VARIABLE, Answer, decimal_comma, is_name, parse_answer, text_key
+from reward_models.math_sympy import sympy_check, to_sympy
 
 REL_TOL = 1e-6
 ABS_TOL = 1e-12
@@ -39,14 +39,14 @@ class Context:
         return self.deadline - time.monotonic()
 
 
-def values_close(a: math_expr.Number, b: math_expr.Number, rel_tol: float = REL_TOL) -> bool:
+def values_close(a: math_eval.Number, b: math_eval.Number, rel_tol: float = REL_TOL) -> bool:
     """Exact for rationals when one is an integer, else a relative tolerance (see the module docstring)."""
     if isinstance(a, Fraction) and isinstance(b, Fraction):
         if a == b:
             return True
         if a.denominator == 1 or b.denominator == 1:
             return False
-    za, zb = math_expr._complex(a), math_expr._complex(b)
+    za, zb = math_eval.as_complex(a), math_eval.as_complex(b)
     return abs(za - zb) <= max(rel_tol * max(abs(za), abs(zb)), ABS_TOL)
 
 
@@ -61,8 +61,8 @@ def _probe_equal(g: tuple, p: tuple, names: list[str], rel_tol: float) -> bool |
     agree = 0
     for env in _probe_envs(names):
         try:
-            za = math_expr._complex(math_expr.evaluate(g, env))
-            zb = math_expr._complex(math_expr.evaluate(p, env))
+            za = math_eval.as_complex(math_eval.evaluate(g, env))
+            zb = math_eval.as_complex(math_eval.evaluate(p, env))
         except _NUMERIC_ERRORS:
             continue
         if abs(za - zb) > max(rel_tol * max(abs(za), abs(zb)), ABS_TOL):
@@ -83,8 +83,8 @@ def expr_equal(g: tuple, p: tuple, ctx: Context) -> bool:
         values = []
         for node in (g, p):
             try:
-                values.append(math_expr.evaluate(node))
-            except math_expr.Undefined:  # 1/0 is not a number, so it equals nothing
+                values.append(math_eval.evaluate(node))
+            except math_eval.Undefined:  # 1/0 is not a number, so it equals nothing
                 return False
             except _NUMERIC_ERRORS:
                 values.append(None)
@@ -98,7 +98,7 @@ def expr_equal(g: tuple, p: tuple, ctx: Context) -> bool:
         if verdict is not None:
             return verdict
     for huge, other in ((g, p), (p, g)):
-        if not math_expr.free_symbols(huge) and math_expr.is_huge(huge) and _evaluates_somewhere(other, names):
+        if not math_expr.free_symbols(huge) and math_eval.is_huge(huge) and _evaluates_somewhere(other, names):
             return False
     return _sympy("equal", g, p, ctx)
 
@@ -120,14 +120,14 @@ def rounded_equal(g: Answer, p: Answer) -> bool:
         if other is not None and len(other.group(2)) <= places:  # 0.1235 is no rounding of 0.124
             continue
         try:
-            value = math_expr.evaluate(exact.value)
+            value = math_eval.evaluate(exact.value)
             shown = Fraction(m.group())
             half = Fraction(1, 2 * 10**places)
             if isinstance(value, Fraction):
                 if abs(value - shown) <= half:
                     return True
                 continue
-            z = math_expr._complex(value)
+            z = math_eval.as_complex(value)
         except _NUMERIC_ERRORS:
             continue
         if abs(z.imag) <= ABS_TOL * max(1.0, abs(z.real)) and abs(z.real - float(shown)) <= float(half) * (1 + 1e-9):
@@ -139,7 +139,7 @@ def _evaluates_somewhere(node: tuple, names: list[str]) -> bool:
     """The expression has a finite value at some probe point (so it is not a provably huge constant)."""
     for env in _probe_envs(names):
         try:
-            math_expr._complex(math_expr.evaluate(node, env))
+            math_eval.as_complex(math_eval.evaluate(node, env))
             return True
         except _NUMERIC_ERRORS:
             continue
@@ -148,7 +148,7 @@ def _evaluates_somewhere(node: tuple, names: list[str]) -> bool:
 
 def _sympy(op: str, a: tuple, b: tuple, ctx: Context) -> bool:
     try:
-        code_a, code_b = math_expr.to_sympy(a), math_expr.to_sympy(b)
+        code_a, code_b = to_sympy(a), to_sympy(b)
     except (math_expr.ExprError, RecursionError):
         return False
     return sympy_check(op, code_a, code_b, ctx.remaining()) is True
@@ -160,8 +160,8 @@ def _proportional(d1: tuple, d2: tuple, ctx: Context) -> bool:
     ratios = []
     for env in _probe_envs(names):
         try:
-            a = math_expr._complex(math_expr.evaluate(d1, env))
-            b = math_expr._complex(math_expr.evaluate(d2, env))
+            a = math_eval.as_complex(math_eval.evaluate(d1, env))
+            b = math_eval.as_complex(math_eval.evaluate(d2, env))
         except _NUMERIC_ERRORS:
             continue
         if abs(a) <= ABS_TOL and abs(b) <= ABS_TOL:
@@ -180,7 +180,7 @@ def _proportional(d1: tuple, d2: tuple, ctx: Context) -> bool:
 
 def _named(node: Answer) -> bool:
     text = node.text.replace(" ", "")
-    return bool(text) and (_VARIABLE.fullmatch(text) is not None or is_name(text))
+    return bool(text) and (VARIABLE.fullmatch(text) is not None or is_name(text))
 
 
 def _solved_side(eq: Answer) -> Answer | None:
@@ -256,7 +256,7 @@ def _based_equal(g: Answer, p: Answer) -> bool:
     if value is None or g.kind != "expr":
         return False
     try:
-        return values_close(math_expr.evaluate(g.value), Fraction(value))
+        return values_close(math_eval.evaluate(g.value), Fraction(value))
     except _NUMERIC_ERRORS:
         return False
 

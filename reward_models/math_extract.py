@@ -19,7 +19,7 @@ import re
 from collections.abc import Callable
 
 from reward_models import math_expr
-from reward_models.math_normalize import repair_escapes
+from reward_models.math_clean import repair_escapes
 
 MAX_JOINED_BOXES = 16
 

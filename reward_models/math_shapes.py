@@ -13,7 +13,7 @@ import re
 from collections.abc import Callable
 from fractions import Fraction
 
-from reward_models import math_expr
+from reward_models import math_eval, math_expr
 from reward_models.math_answer import Answer
 
 Structure = Callable[[str, int], Answer]
@@ -28,7 +28,7 @@ def _solve_linear(lhs: str, rhs: str) -> tuple[Fraction, Fraction] | None:
         if len(names) != 1:
             return None
         (name,) = names
-        values = [math_expr.evaluate(diff, {name: Fraction(x)}) for x in (0, 1, 2, -3)]
+        values = [math_eval.evaluate(diff, {name: Fraction(x)}) for x in (0, 1, 2, -3)]
     except (math_expr.ExprError, ArithmeticError, ValueError, TypeError):
         return None
     if not all(isinstance(v, Fraction) for v in values):
@@ -46,7 +46,7 @@ _ABS_VARIABLE = re.compile(r"\|\s*[a-zA-Z](?:_\{?\w+\}?)?\s*\|")
 def _constant(text: str) -> Fraction | float | None:
     """The real value of a constant bound (`\\frac{3}{2}`, `\\sqrt 2`), else None."""
     try:
-        z = math_expr.evaluate(math_expr.parse(text))
+        z = math_eval.evaluate(math_expr.parse(text))
     except (math_expr.ExprError, ArithmeticError, ValueError, TypeError):
         return None
     if isinstance(z, Fraction):

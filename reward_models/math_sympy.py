@@ -8,7 +8,7 @@ the training script is never re-imported in the child; requests and answers are 
 read with `select` against a deadline. On timeout the child is killed and a fresh one is started by the next
 request.
 
-The child only ever `eval`s code produced by `math_expr.to_sympy` (numbers, `Symbol('name')`, whitelisted
+The child only ever `eval`s code produced by `to_sympy` (numbers, `Symbol('name')`, whitelisted
 sympy functions), in a namespace without builtins.
 """
 
@@ -23,6 +23,8 @@ import sys
 import threading
 import time
 from pathlib import Path
+
+from reward_models.math_expr import ExprError, free_symbols
 
 STARTUP_TIMEOUT = 60.0  # importing sympy; not counted against a request's timeout
 MEMORY_LIMIT = 4 << 30  # address-space cap of the child, so a runaway big-integer computation fails fast
@@ -179,6 +181,50 @@ def shutdown() -> None:
 # ---------------------------------------------------------------- the child side
 
 
+_SYMPY_FN = {
+    "ln": "log",
+    "arcsin": "asin",
+    "arccos": "acos",
+    "arctan": "atan",
+    "abs": "Abs",
+    "ceil": "ceiling",
+}
+
+
+def to_sympy(node: tuple) -> str:
+    """Python source that builds the tree in sympy, using only names the worker's namespace defines."""
+    kind = node[0]
+    if kind == "num":
+        value = node[1]
+        return (
+            f"Integer({value.numerator})"
+            if value.denominator == 1
+            else f"Rational({value.numerator},{value.denominator})"
+        )
+    if kind == "sym":
+        return f"Symbol({node[1]!r})"
+    if kind == "const":
+        return {"pi": "pi", "e": "E", "i": "I", "oo": "oo"}[node[1]]
+    if kind == "neg":
+        return f"(-({to_sympy(node[1])}))"
+    if kind in ("add", "sub", "mul", "div", "pow"):
+        op = {"add": "+", "sub": "-", "mul": "*", "div": "/", "pow": "**"}[kind]
+        return f"(({to_sympy(node[1])}){op}({to_sympy(node[2])}))"
+    if kind == "fn":
+        return f"{_SYMPY_FN.get(node[1], node[1])}({to_sympy(node[2])})"
+    if kind == "root":
+        arg, index = to_sympy(node[1]), to_sympy(node[2])
+        odd = node[2][0] == "num" and node[2][1].denominator == 1 and node[2][1].numerator % 2 == 1
+        return f"real_root({arg},{index})" if odd and not free_symbols(node[1]) else f"root({arg},{index})"
+    if kind == "log":
+        return f"log({to_sympy(node[1])},{to_sympy(node[2])})"
+    if kind == "fact":
+        return f"factorial({to_sympy(node[1])})"
+    if kind == "binom":
+        return f"binomial({to_sympy(node[1])},{to_sympy(node[2])})"
+    raise ExprError(f"unknown node {kind}")
+
+
 def _namespace():
     import sympy
 
@@ -234,7 +280,7 @@ def serve() -> None:
             continue
         reply: dict = {"id": req.get("id")}
         try:
-            a = eval(req["a"], dict(namespace))  # noqa: S307 - code built by math_expr.to_sympy only
+            a = eval(req["a"], dict(namespace))  # noqa: S307 - code built by to_sympy only
             b = eval(req["b"], dict(namespace))  # noqa: S307
             check = _proportional if req.get("op") == "proportional" else _equal
             reply["result"] = bool(check(sympy, sympy.sympify(a), sympy.sympify(b)))
