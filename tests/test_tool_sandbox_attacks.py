@@ -59,7 +59,9 @@ def attacks(pid: int, address: int, size: int, fd: int, private: str, port: int,
             "    os._exit(0)\n"
             "os.waitpid(child, 0)\nprint('SPAWNED')"
         ),
-        "write_outside": f"open({private!r} + '/evil.txt', 'w').write('x')\nimport os\nos.remove({private!r} + '/keep.txt')",
+        "write_outside": (
+            f"open({private!r} + '/evil.txt', 'w').write('x')\nimport os\nos.remove({private!r} + '/keep.txt')"
+        ),
         "write_runtime": "import sys\nopen(sys.prefix + '/rlhf-attack-probe', 'w').write('x')\nprint('WROTE')",
         "parent_fds": (
             "import os\ntry:\n"
@@ -70,12 +72,17 @@ def attacks(pid: int, address: int, size: int, fd: int, private: str, port: int,
             f"import os\nprint(open('/proc/{pid}/environ', 'rb').read().split(b'\\0'))\n"
             "print(os.environ.get('RLHF_ATTACK_SECRET'))"
         ),
-        "unix_socket": f"import socket\ns = socket.socket(socket.AF_UNIX)\ns.connect({unix_path!r})\nprint('CONNECTED')",
+        "unix_socket": (
+            f"import socket\ns = socket.socket(socket.AF_UNIX)\ns.connect({unix_path!r})\nprint('CONNECTED')"
+        ),
         "unix_abstract": (
             f"import _socket\ns = _socket.socket(_socket.AF_UNIX)\ns.connect(b'\\0' + {unix_path.encode()!r})\n"
             "print('CONNECTED')"
         ),
-        "_socket": f"import _socket\ns = _socket.socket()\ns.settimeout(2)\ns.connect(('127.0.0.1', {port}))\nprint('CONNECTED')",
+        "_socket": (
+            f"import _socket\ns = _socket.socket()\ns.settimeout(2)\ns.connect(('127.0.0.1', {port}))\n"
+            "print('CONNECTED')"
+        ),
     }
 
 
