@@ -207,7 +207,11 @@ class EnvConfig:
     )
     tools: list[Any] = doc(
         "Tools for the `tools` environment (`rlhf.tools.build_tools` specs: `calculator`, `python`, "
-        "`pkg.module:Class`, or {fn: ..., kwargs: {...}}); passed to the constructor as `tools` when given.",
+        "`pkg.module:Class`, or {fn: ..., kwargs: {...}}); passed to the constructor as `tools` when given. The "
+        "`python` tool runs code under bubblewrap, else in unshare user+pid+net namespaces, and logs which at "
+        "start-up; its kwargs: `timeout` (s), `memory_mb`, `max_output_bytes`, `isolation` (`auto`, `bwrap`, "
+        "`unshare`, `guard`) and `allow_unsafe` (default false: a run where only the in-process socket guard works "
+        "refuses to start; `{name: python, kwargs: {allow_unsafe: true}}` accepts it).",
         factory=list,
     )
     max_turns: int = doc("Policy turns per episode at most (each is one engine call for all running episodes).", 3)
