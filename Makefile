@@ -4,9 +4,23 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install install-reasoning install-vllm demo test test-vllm lint format clean
+.PHONY: install install-sandbox install-reasoning install-vllm demo test test-vllm lint format clean
 
-install: $(STAMP)
+install: $(STAMP) install-sandbox
+
+# the python tool's sandbox, bubblewrap: installed with apt-get when missing and this is root on Debian/Ubuntu (as in
+# containers and CI); elsewhere a note says how, and the install goes on (the tool then falls back to unshare)
+install-sandbox:
+	@if command -v bwrap >/dev/null 2>&1; then :; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+		echo "installing bubblewrap (bwrap) for the python tool's sandbox"; \
+		{ apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq bubblewrap >/dev/null; } \
+			|| echo "note: apt-get could not install bubblewrap; the python tool falls back to unshare namespaces"; \
+	else \
+		echo "note: bwrap (bubblewrap) is not installed; the python tool falls back to unshare namespaces, or refuses"; \
+		echo "      to run where those do not work either. Install it: sudo apt-get install bubblewrap (Debian,"; \
+		echo "      Ubuntu), sudo dnf install bubblewrap (Fedora), sudo pacman -S bubblewrap (Arch)"; \
+	fi
 
 $(STAMP): pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)

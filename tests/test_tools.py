@@ -1,6 +1,7 @@
 """Tools: the call parser (both styles), running calls, the calculator, the sandboxed python tool, the registry."""
 
 import json
+import logging
 import socket
 import time
 
@@ -416,3 +417,23 @@ def test_tool_name_must_be_a_tag(tmp_path):
     f.write_text("class Bad:\n    name, description = 'my tool', 'x'\n    def __call__(self, a):\n        return a\n")
     with pytest.raises(ValueError, match="name 'my tool' must be letters"):
         build_tools([f"{f}:Bad"])
+
+
+def test_python_refuses_the_guard_alone_and_logs_its_isolation(monkeypatch, caplog):
+    from rlhf.tools import python_tool
+    from rlhf.tools.sandbox import Isolation
+
+    guard = Isolation("guard", reason="bwrap is not installed")
+    monkeypatch.setattr(python_tool, "detect_isolation", lambda level: guard)
+    with pytest.raises(ValueError, match=r"bwrap is not installed.*allow_unsafe: true"):
+        PythonExecutor()
+    with pytest.raises(ValueError, match="env.tools entry: {name: python, kwargs: {allow_unsafe: true}}"):
+        build_tools(["python"])
+    with caplog.at_level(logging.INFO, logger="rlhf.tools.python_tool"):
+        assert PythonExecutor(allow_unsafe=True).sandbox()["isolation"] == "guard"
+    assert "python tool isolation: guard only" in caplog.text
+    monkeypatch.undo()
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="rlhf.tools.python_tool"):
+        level = PythonExecutor(allow_unsafe=True).isolation.level
+    assert f"python tool isolation: {level}" in caplog.text
