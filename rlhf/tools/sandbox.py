@@ -7,14 +7,16 @@ Three levels, strongest first; `detect_isolation("auto")` takes the first that r
   namespaces (`--unshare-all`); a root file system that holds only read-only binds of the Python runtime (`/usr`,
   the interpreter's prefix and the virtual environment), its own `/proc` (no other process is visible), a minimal
   `/dev` and a fresh tmpfs `/tmp` as the work folder; uid 65534 inside, no capabilities, no nested user namespaces;
-  `--new-session` (no terminal to inject keystrokes into) and `--die-with-parent`. When the trainer runs as root,
-  bwrap itself is started as uid 65534 (`nobody`) where that works, so that the kernel counts the child's processes
-  against `RLIMIT_NPROC` and the host sees an unprivileged user.
-- `unshare`: util-linux `unshare --user --map-root-user --pid --fork --kill-child --mount-proc --net --ipc --uts`,
-  started as uid 65534 when the trainer runs as root (so the child's files and signals are those of `nobody`), under
-  `setpriv --pdeathsig KILL` when available (the child dies with the trainer). The child sees only its own
-  processes and no network; it sees the host's file system with `nobody`'s rights (a non-root trainer: its own user's
-  rights), its work folder is a host temporary folder.
+  `--new-session` (no terminal to inject keystrokes into) and `--die-with-parent`. bwrap is started as uid 65534
+  (`nobody`) where it can reach the runtime as that user, so that the host sees an unprivileged user and the kernel
+  enforces `RLIMIT_NPROC`; else as the trainer's user (a root trainer's runtime under `/root` is out of `nobody`'s
+  reach): the child is still uid 65534 without capabilities in its own namespaces, sees only the read-only binds and
+  its tmpfs, but the kernel does not count its processes against `RLIMIT_NPROC` (they all end with the call).
+- `unshare`: util-linux `unshare --user --map-root-user --pid --fork --kill-child --mount-proc --net --ipc --uts`
+  under `setpriv --pdeathsig KILL` when available (the child dies with the trainer), started as uid 65534 when the
+  trainer runs as root and `nobody` can reach the runtime. The child sees only its own processes and no network,
+  but the host's file system with the rights of its host user: `nobody`'s, or else the trainer's own (a root
+  trainer's files are then writable); its work folder is a host temporary folder.
 - `guard`: no namespaces; the child's Python `socket` functions are replaced. This stops accidents, not a hostile
   program (it can read the trainer's memory and environment through `/proc`, signal it, or import `_socket`), so the
   tool refuses it unless `allow_unsafe` is set.
