@@ -5,9 +5,12 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
+import logging
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
+
+from rlhf.dtypes import DTYPE_CHOICES, resolve_dtype
 
 __all__ = [
     "DATA_DIR_ENV",
@@ -25,6 +28,8 @@ __all__ = [
 DATA_DIR_ENV = "RLHF_DATA_DIR"  # a folder holding gsm8k/ and math500/ (<split>.jsonl each), read before the hub
 NUMERIC_REWARD = "reward_models.numeric:numeric_answer_reward"
 MATH_REWARD = "reward_models.math:math_correctness"
+
+log = logging.getLogger(__name__)
 
 
 class EvalError(ValueError):
@@ -117,8 +122,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--batch-size", type=int, default=64, help="sequences generated at once")
     p.add_argument(
         "--dtype",
-        choices=["float32", "bfloat16", "float16"],
-        help="the base's dtype (default: the --recipe's, else bfloat16)",
+        choices=DTYPE_CHOICES,
+        help="the base's dtype (default: the --recipe's, else auto: bfloat16 where the device computes it natively, "
+        "float32 where it would be emulated)",
     )
     p.add_argument(
         "--attn-implementation",
@@ -168,6 +174,9 @@ def resolve_recipe_defaults(args: argparse.Namespace):
         if args.stop is None:
             args.stop = list(cfg.rollout.stop)
     args.model = args.model or "smollm2-135m-instruct"
-    args.dtype = args.dtype or "bfloat16"
+    choice = resolve_dtype(args.dtype or "auto")
+    if args.dtype in (None, "auto"):
+        log.info("dtype: auto -> %s (%s)", choice.dtype, choice.reason)
+    args.dtype = choice.dtype
     args.stop = args.stop or []
     return cfg
