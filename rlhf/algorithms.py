@@ -13,8 +13,9 @@ Adding an algorithm: write its estimator or loss (a new file, or a function besi
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from enum import Enum
 
 from rlhf import estimators
 from rlhf.losses import cispo_loss, clipped_pg_loss, gspo_loss, gspo_token_loss, sapo_loss
@@ -41,21 +42,37 @@ TRPO_STEP = tuple(
 )
 
 
+class KLPlace(str, Enum):
+    """Where beta * KL(pi || pi_ref) goes."""
+
+    LOSS = "loss"  # + beta * KL as a loss term (k3 by default)
+    REWARD = "reward"  # - beta * KL_t in each token's reward (k1 by default)
+
+
+class UpdateKind(str, Enum):
+    """How the policy's update is taken."""
+
+    MINIBATCH = "minibatch"  # mu passes x minibatch optimizer steps (rlhf.update)
+    TRPO = "trpo"  # a natural-gradient step (rlhf.trpo); the optimizer fits only the value model
+
+
 @dataclass(frozen=True)
 class Algorithm:
     """One row of the table."""
 
     estimator: Callable[..., estimators.Advantages]  # (AdvantageInputs, BatchStats, **estimator_knobs)
     estimator_knobs: tuple[str, ...] = ()  # names in `algorithm.*` passed to the estimator as keywords
-    policy_loss: Callable = clipped_pg_loss
+    policy_loss: Callable = clipped_pg_loss  # a rlhf.objective.PolicyLoss
     loss_knobs: tuple[str, ...] = CLIPPED  # names in `algorithm.*` passed to the policy loss
     value_model: bool = False  # learns V(s_t): a head on the policy's trunk or a separate critic (`value.model`)
-    kl: str = "loss"  # "loss": + beta * KL term in the loss (k3 by default); "reward": -beta * KL_t per token (k1)
-    update: str = "minibatch"  # "minibatch": mu passes x minibatch optimizer steps; "trpo": natural-gradient step
+    kl: KLPlace = KLPlace.LOSS
+    update: UpdateKind = UpdateKind.MINIBATCH
     one_step: bool = False  # exactly one on-policy step per rollout (num_iterations = num_minibatches = 1)
     min_group: int = 1  # smallest rollout.num_generations that gives the estimator a baseline
     other_knobs: tuple[str, ...] = ()  # further config keys it reads (dotted paths)
     teacher: bool = False  # a frozen teacher scores the sampled tokens in step 4 (algorithm.teacher)
+    # further estimator inputs: {name: (collector, rollout) -> [B] or [B, C]}, in the step record's `extra`
+    inputs: Mapping[str, Callable] = field(default_factory=dict)
     summary: str = ""
 
     @property
@@ -66,14 +83,24 @@ class Algorithm:
 
     @property
     def default_kl_estimator(self) -> str:
-        return "k3" if self.kl == "loss" else "k1"
+        return "k3" if self.kl is KLPlace.LOSS else "k1"
+
+    @property
+    def trainable_state(self) -> str:
+        """What a checkpoint of this row holds besides the sampler: rows with the same text restore from each other's
+        checkpoints (same trainable parameters and optimizer groups)."""
+        if self.update is UpdateKind.TRPO:
+            return "the policy's adapter (stepped outside the optimizer) and a value model (the optimizer's only group)"
+        if self.value_model:
+            return "the policy's adapter and a value model, in one optimizer"
+        return "the policy's adapter alone"
 
 
 _VALUE_FAMILY = dict(
     estimator=estimators.gae_with_kl_reward,
     estimator_knobs=("gamma", "lam", "kl_estimator", "missing_eos_penalty", "reward_norm", "whiten_advantages"),
     value_model=True,
-    kl="reward",
+    kl=KLPlace.REWARD,
 )
 
 ALGORITHMS: dict[str, Algorithm] = {
@@ -174,12 +201,15 @@ ALGORITHMS: dict[str, Algorithm] = {
     "trpo": Algorithm(
         **_VALUE_FAMILY,
         loss_knobs=(),
-        update="trpo",
+        update=UpdateKind.TRPO,
         one_step=True,
         other_knobs=(*KL_IN_REWARD, *VALUE_MODEL, *TRPO_STEP),
         summary="the PPO advantages, a natural-gradient step inside a KL trust region (Schulman 2015)",
     ),
 }
+
+
+DEFAULT_ALGORITHM = next(iter(ALGORITHMS))  # the table's first row: what a config without algorithm.name runs
 
 
 def get_algorithm(name: str) -> Algorithm:

@@ -1,4 +1,6 @@
-"""A step's rollout with everything the update needs, sliced by rows (minibatches, micro-batches)."""
+"""A step's rollout with everything the update needs, sliced by rows (minibatches, micro-batches).
+
+Built once per step from the collector's record and the estimator's advantages (`StepRecord.batch`)."""
 
 from __future__ import annotations
 
@@ -7,7 +9,14 @@ from dataclasses import dataclass, fields, replace
 from torch import Tensor
 
 from rlhf.logprobs import common_left_padding
-from rlhf.rollout import Rollout
+from rlhf.rollout.types import Rollout
+
+
+def trimmed_rollout(r: Rollout) -> tuple[Rollout, int]:
+    """The rollout without the columns that are padding in every row (prompt columns on the left, episode columns
+    on the right), and its episode width C' (a micro-batch is often much shorter than the longest row)."""
+    width = int(r.completion_mask.sum(-1).max().item()) or 1
+    return r.columns(common_left_padding(r.prompt_mask), width), width
 
 
 @dataclass
@@ -31,7 +40,6 @@ class StepBatch:
         return self._map(self.rollout.rows(idx), lambda t: t[idx])
 
     def trimmed(self) -> StepBatch:
-        """Drop columns that are padding in every row (a micro-batch is often much shorter than the longest row)."""
-        r = self.rollout
-        width = int(r.completion_mask.sum(-1).max().item()) or 1
-        return self._map(r.columns(common_left_padding(r.prompt_mask), width), lambda t: t[:, :width])
+        """Drop columns that are padding in every row (`trimmed_rollout`); per-token tensors become [B, C']."""
+        rollout, width = trimmed_rollout(self.rollout)
+        return self._map(rollout, lambda t: t[:, :width])

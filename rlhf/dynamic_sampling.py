@@ -6,6 +6,9 @@ and the loop goes on while any rank is short, up to `max_refills` extra draws. A
 that generated it. A rank still short after the last draw fills its batch with dropped groups whose loss mask is then
 zero, so every rank trains on the same number of rows (same micro-batch count) and the short ones contribute nothing;
 a warning says so. The sampler's position and the RNG advance with every draw, so a resumed run draws the same prompts.
+
+`DynamicSampling` wraps a collector's `draw` (`rlhf.collector.Collector.collect` calls it with its own draw);
+`collect_informative` is the loop itself, over any `draw() -> Draw`.
 """
 
 from __future__ import annotations
@@ -55,6 +58,32 @@ def select_rows(draws: list[Draw], rows: list[int], trainable: list[bool], pad_i
         if draws[0].episode_stats is None
         else {k: torch.cat([d.episode_stats[k] for d in draws])[idx] for k in draws[0].episode_stats},
     )
+
+
+@dataclass(frozen=True)
+class DynamicSampling:
+    """The settings of dynamic sampling, bound once: each draw takes `draw_prompts` prompts (over all ranks), the
+    step needs `groups_needed` informative groups on this rank, at most `max_refills` extra draws. any_rank(flag) is
+    True when the flag is True on any rank; total(x) sums a number over ranks."""
+
+    draw_prompts: int
+    groups_needed: int
+    max_refills: int
+    any_rank: Callable[[bool], bool]
+    total: Callable[[float], float]
+    pad_id: int
+
+    def __call__(self, draw: Callable[[int], Draw]) -> tuple[Draw, dict[str, float]]:
+        """A step's episodes from `draw(prompts)` (a collector's draw), with `trainable` set, and the dynamic/*
+        metrics."""
+        return collect_informative(
+            lambda: draw(self.draw_prompts),
+            self.groups_needed,
+            self.max_refills,
+            self.any_rank,
+            self.total,
+            self.pad_id,
+        )
 
 
 def collect_informative(

@@ -1,13 +1,19 @@
 """Step 5 of the loop: advantages from a rollout's scores, with plain arguments (no model, no config).
 
 Every estimator has one signature, `estimator(inputs, stats, **knobs) -> Advantages`: `inputs` holds the step's
-tensors, `stats` takes statistics over every rank's rows (a prompt's group is whole on one rank, but batch means and
-whitening span all ranks), and the knobs are the `algorithm.*` settings the algorithm table says it reads. The
-formulas themselves are the pure functions of `rlhf.advantages`.
+tensors (read from the collector's `StepRecord`) and the run's state as it was before the step, `stats` takes
+statistics over every rank's rows (a prompt's group is whole on one rank, but batch means and whitening span all
+ranks), and the knobs are the `algorithm.*` settings the algorithm table says it reads (bound once, `bind_knobs`).
+The formulas themselves are the pure functions of `rlhf.advantages`.
+
+Estimators change nothing: what a step observed for the run's state (the KL for the adaptive coefficient, the
+rewards for the running moments) comes back in `Advantages.observed`, and the trainer applies it (`Observed.apply`).
 """
 
 from __future__ import annotations
 
+import copy
+import functools
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -65,10 +71,25 @@ class AdvantageInputs:
     old_logprobs: Tensor | None = None  # [B, C] before the update (value-model algorithms)
     ref_logprobs: Tensor | None = None  # [B, C] under the reference (beta > 0)
     old_values: Tensor | None = None  # [B, C] V(s_t) at rollout time (value-model algorithms)
-    kl_ctl: KLController | None = None  # the KL coefficient, adapted in place (value-model algorithms)
+    kl_coef: float = 0.0  # beta of the KL reward penalty this step (the adaptive controller's value)
     behaviour_logprobs: Tensor | None = None  # [B, C] the sampler's log-probs of the sampled tokens
     teacher_logprobs: Tensor | None = None  # [B, C] a teacher's log-probs of the same tokens (distillation)
-    reward_stats: RunningMoments = field(default_factory=RunningMoments)  # running reward moments, updated in place
+    reward_stats: RunningMoments = field(default_factory=RunningMoments)  # running reward moments before the step
+    extra: dict[str, Tensor] = field(default_factory=dict)  # {name: [B] or [B, C]} inputs a row adds (`inputs`)
+
+
+@dataclass(frozen=True)
+class Observed:
+    """What a step observed for the run's state, applied by the trainer after the estimator returns."""
+
+    kl: tuple[float, int] | None = None  # (mean per-sequence KL to the reference, sequences): the KL controller
+    rewards: tuple[float, float, float] | None = None  # (sum, sum of squares, count) of the step's scores
+
+    def apply(self, kl_ctl: KLController, reward_stats: RunningMoments) -> None:
+        if self.rewards is not None:
+            reward_stats.update(*self.rewards)
+        if self.kl is not None:
+            kl_ctl.update(*self.kl)
 
 
 @dataclass
@@ -76,6 +97,15 @@ class Advantages:
     advantages: Tensor  # [B, C] float32 per-token advantages, 0 off the loss mask
     returns: Tensor | None = None  # [B, C] value targets (value-model algorithms)
     metrics: dict[str, float] = field(default_factory=dict)
+    observed: Observed = field(default_factory=Observed)
+
+
+Estimator = Callable[..., Advantages]  # (AdvantageInputs, BatchStats, **knobs) -> Advantages
+
+
+def bind_knobs(estimator: Estimator, knobs: dict) -> Callable[[AdvantageInputs, BatchStats], Advantages]:
+    """The estimator with its `algorithm.*` knobs bound, once at build time."""
+    return functools.partial(estimator, **knobs)
 
 
 def _per_token(seq: Tensor, mask: Tensor) -> Advantages:
@@ -112,17 +142,24 @@ def reinforce_pp(inp: AdvantageInputs, stats: BatchStats, gamma: float = 1.0) ->
     return Advantages(stats.whiten(discounted_returns(inp.scores, inp.loss_mask, gamma), inp.loss_mask))
 
 
-def normalised_scores(scores: Tensor, stats: BatchStats, reward_norm: str, running: RunningMoments) -> Tensor:
-    """Scores over this step's batch ('batch') or by running moments over all steps ('running'); 'none' as is."""
+def normalised_scores(
+    scores: Tensor, stats: BatchStats, reward_norm: str, running: RunningMoments
+) -> tuple[Tensor, tuple[float, float, float] | None]:
+    """Scores over this step's batch ('batch') or by running moments over all steps including this one ('running',
+    `running` itself unchanged); 'none' as is. Returns (scores, the step's (sum, sum of squares, count) for the
+    running moments, or None)."""
     if reward_norm == "none":
-        return scores
+        return scores, None
     everyone = stats.gather(scores)
+    observed = None
     if reward_norm == "running":
-        running.update(everyone.sum().item(), everyone.square().sum().item(), everyone.numel())
+        observed = (everyone.sum().item(), everyone.square().sum().item(), everyone.numel())
+        running = copy.deepcopy(running)
+        running.update(*observed)
         mean, std = running.mean, running.std
     else:
         mean, std = everyone.mean().item(), everyone.std().item() if everyone.numel() > 1 else 1.0
-    return (scores - mean) / (std + 1e-8)
+    return (scores - mean) / (std + 1e-8), observed
 
 
 def gae_with_kl_reward(
@@ -137,22 +174,22 @@ def gae_with_kl_reward(
 ) -> Advantages:
     """RLHF PPO's advantages (Ziegler et al. 2019): the episode score on its last action token minus beta * KL on
     every action token, then GAE (arXiv:1506.02438) on the rollout-time values; beta adapts towards kl_target when
-    the controller has one. Needs old_logprobs, old_values and kl_ctl; ref_logprobs when beta > 0."""
+    the controller has one. Needs old_logprobs and old_values; ref_logprobs when beta > 0. Returns the step's
+    KL (and rewards, for running normalisation) in `observed`."""
     mask = inp.action_mask.float()
     scores = inp.scores.float().clone()
     if missing_eos_penalty:
         scores[inp.truncated] -= missing_eos_penalty
-    scores = normalised_scores(scores, stats, reward_norm, inp.reward_stats)
+    scores, seen_rewards = normalised_scores(scores, stats, reward_norm, inp.reward_stats)
     kl = torch.zeros_like(mask)
     if inp.ref_logprobs is not None:
         kl = kl_penalty(inp.old_logprobs, inp.ref_logprobs, kl_estimator or "k1") * mask
-    beta = inp.kl_ctl.value
+    beta = inp.kl_coef
     rewards = token_rewards(scores, kl, mask, beta)
     adv, returns = gae(rewards, inp.old_values, mask, gamma, lam)
     if whiten_advantages:
         adv = stats.whiten(adv, inp.loss_mask)
     seq_kl = stats.gather(kl.sum(-1))
-    inp.kl_ctl.update(seq_kl.mean().item(), seq_kl.numel())
     v_mean, _ = stats.moments(inp.old_values, mask)
     r_mean, _ = stats.moments(returns, mask)
     metrics = {
@@ -163,7 +200,7 @@ def gae_with_kl_reward(
         # by the values the advantages were computed with
         "value/explained_var": explained_variance(inp.old_values, returns, mask, moments=stats.moments),
     }
-    return Advantages(adv, returns, metrics)
+    return Advantages(adv, returns, metrics, Observed((seq_kl.mean().item(), seq_kl.numel()), seen_rewards))
 
 
 def distillation(inp: AdvantageInputs, stats: BatchStats) -> Advantages:

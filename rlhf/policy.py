@@ -14,17 +14,56 @@ from torch import Tensor, nn
 
 from rlhf.logprobs import token_logprobs
 from rlhf.models import lora_in_base_dtype
+from rlhf.rollout.types import Rollout
 from rlhf.states import RUN_OVERHEAD_TOKENS, completion_states, length_buckets, shares_prompts
 from rlhf.value import Critic
 
-__all__ = ["RUN_OVERHEAD_TOKENS", "Policy", "PolicyOutput", "completion_states", "length_buckets", "shares_prompts"]
+__all__ = [
+    "RUN_OVERHEAD_TOKENS",
+    "Policy",
+    "PolicyOutput",
+    "Scores",
+    "completion_states",
+    "length_buckets",
+    "score",
+    "shares_prompts",
+]
 
 
 @dataclass
-class PolicyOutput:
+class Scores:
+    """What the policy says about B episodes of C columns (the rollout's own temperature and group size)."""
+
     logprobs: Tensor  # [B, C] float32, 0 where action_mask is 0
     entropy: Tensor | None  # [B, C] float32 (differentiable), 0 where action_mask is 0
     values: Tensor | None = None  # [B, C] float32 V(s_t), 0 where action_mask is 0
+
+
+PolicyOutput = Scores  # the name this record had before `score`
+
+
+def score(
+    policy: nn.Module,
+    rollout: Rollout,
+    with_entropy: bool = False,
+    with_values: bool = False,
+    detach_value_trunk: bool = False,
+) -> Scores:
+    """`policy`'s forward on a rollout's episodes: a `Policy`, or one wrapped by accelerate / DeepSpeed (called
+    through the wrapper, so its gradient hooks fire). Temperature and group size are the rollout's own."""
+    r = rollout
+    return policy(
+        r.prompt_ids,
+        r.prompt_mask,
+        r.completion_ids,
+        r.completion_mask,
+        r.temperature,
+        with_entropy,
+        group_size=r.group_size,
+        with_values=with_values,
+        detach_value_trunk=detach_value_trunk,
+        action_mask=r.action_mask,
+    )
 
 
 class Policy(nn.Module):
@@ -89,7 +128,7 @@ class Policy(nn.Module):
         with_values: bool = False,
         detach_value_trunk: bool = False,
         action_mask: Tensor | None = None,  # [B, C]: tokens the policy sampled; None = completion_mask
-    ) -> PolicyOutput:
+    ) -> Scores:
         """Log-probs of the completion tokens (and, with_values, V(s_t) of each completion token's state).
 
         With group_size G > 1 and each run of G rows sharing one prompt, the prompt is encoded once per group and its
@@ -121,22 +160,19 @@ class Policy(nn.Module):
                 )
             else:
                 values = self.value_model(h.detach() if detach_value_trunk else h) * scored
-        return PolicyOutput(logprobs, entropy, values)
+        return Scores(logprobs, entropy, values)
 
-    def full_logprobs(
-        self,
-        prompt_ids: Tensor,
-        prompt_mask: Tensor,
-        completion_ids: Tensor,
-        completion_mask: Tensor,
-        temperature: float = 1.0,
-        group_size: int = 1,
-        action_mask: Tensor | None = None,
-    ) -> Tensor:
-        """[N, V] float32 log-softmax over the whole vocabulary at the N action tokens (mask order; action_mask None =
-        completion_mask), for exact KL between two policies (TRPO). Materialises N x V: for small batches only."""
-        h = self.states(prompt_ids, prompt_mask, completion_ids, completion_mask, group_size)
+    def score(
+        self, rollout: Rollout, with_entropy: bool = False, with_values: bool = False, detach_value_trunk: bool = False
+    ) -> Scores:
+        """Log-probs (and entropy, values) of a rollout's action tokens: `score(self, rollout, ...)`."""
+        return score(self, rollout, with_entropy, with_values, detach_value_trunk)
+
+    def full_logprobs(self, rollout: Rollout) -> Tensor:
+        """[N, V] float32 log-softmax over the whole vocabulary at the rollout's N action tokens (mask order), for
+        exact KL between two policies (TRPO). Materialises N x V: for small batches only."""
+        r = rollout
+        h = self.states(r.prompt_ids, r.prompt_mask, r.completion_ids, r.completion_mask, r.group_size)
         weight = self.base.get_output_embeddings().weight
-        scored = completion_mask if action_mask is None else action_mask
-        logits = h[scored.bool()].float() @ weight.float().T
-        return torch.log_softmax(logits / temperature, dim=-1)
+        logits = h[r.action_mask.bool()].float() @ weight.float().T
+        return torch.log_softmax(logits / r.temperature, dim=-1)

@@ -1,11 +1,12 @@
 """The training loop of every algorithm, read top to bottom as numbered steps.
 
-One step: (1) take this rank's prompts, (2) generate G episodes each through the rollout engine, (3) score them,
-(4) log-probs of the reference (beta > 0), of the policy before the update (when the update is not exactly on-policy)
-and the rollout-time values (value-model algorithms), (5) advantages by the algorithm's estimator, (6) the update:
-mu passes of minibatch steps (`rlhf.update`), or TRPO's natural step (`rlhf.trpo`) after fitting the value model,
-(7) log, evaluate, checkpoint. What differs between algorithms is a row of `rlhf.algorithms.ALGORITHMS`; this file
-never branches on an algorithm's name.
+One step: (1-4) the collector (`rlhf.collector`) takes this rank's prompts, generates G episodes each through the
+rollout engine, scores them and adds the log-probs and values the step needs, in one `StepRecord`; (5) advantages by
+the algorithm's estimator, whose observations (KL, reward moments) the trainer then applies to the run's state;
+(6) the update: mu passes of minibatch steps (`rlhf.update`), or TRPO's natural step (`rlhf.trpo`) after fitting
+the value model; (7) log, evaluate, checkpoint. What differs between algorithms is a row of
+`rlhf.algorithms.ALGORITHMS`; this file never branches on an algorithm's name. The config is read while building;
+the loop reads settings objects (`rlhf.loop_settings`).
 """
 
 from __future__ import annotations
@@ -16,48 +17,41 @@ import math
 import time
 from pathlib import Path
 
-import torch
-from torch import Tensor
-
 from rlhf.accuracy import greedy_eval
-from rlhf.algorithms import get_algorithm
+from rlhf.algorithms import UpdateKind, get_algorithm
 from rlhf.batch import StepBatch
-from rlhf.build import (
-    build_datasets,
-    build_optimizer,
-    build_teacher,
-    build_update_settings,
-    build_value_model,
-)
+from rlhf.build import build_datasets, build_optimizer, build_teacher, build_update_settings, build_value_model
 from rlhf.checkpoint import apply_hyperparameters, load_checkpoint, read_checkpoint_config, resolve_resume
 from rlhf.checkpoint_state import rng_state, set_rng_state
+from rlhf.collector import Collector
 from rlhf.config import Config, ConfigError, check_world, save_config, to_dict
 from rlhf.data import PromptSampler
-from rlhf.distributed import (
-    all_gather_cat,
-    all_sum,
-    configure_deepspeed,
-    is_deepspeed,
-    make_accelerator,
-    zero_stage,
-)
-from rlhf.dynamic_sampling import Draw, collect_informative
+from rlhf.distributed import all_gather_cat, all_sum, configure_deepspeed, is_deepspeed, make_accelerator, zero_stage
+from rlhf.dynamic_sampling import DynamicSampling
 from rlhf.envs import build_env
-from rlhf.estimators import AdvantageInputs, BatchStats
+from rlhf.estimators import Advantages, BatchStats
 from rlhf.kl_control import KLController, RunningMoments
-from rlhf.models import count_parameters, load_policy, load_tokenizer, reference_policy, set_attention
+from rlhf.loop_settings import (
+    build_collector_settings,
+    build_estimator,
+    build_eval_settings,
+    build_loop_settings,
+    build_trpo_settings,
+)
+from rlhf.models import count_parameters, load_policy, load_tokenizer, set_attention
 from rlhf.outputs import RunOutputs, episode_metrics, rollout_metrics
 from rlhf.policy import RUN_OVERHEAD_TOKENS, Policy
-from rlhf.rewards import build_reward_functions, check_reward_signatures, score_rollout
-from rlhf.rollout import Rollout, SamplingParams, build_engine, engine_options
-from rlhf.rollout.episodes import EpisodeRunner, Episodes
+from rlhf.rewards import build_reward_functions, check_reward_signatures
+from rlhf.rollout import build_engine, engine_options
+from rlhf.rollout.episodes import EpisodeRunner
 from rlhf.run_dir import append_history, check_resume_config, claim_output_dir
 from rlhf.run_utils import StopNow, StopRequest, flat_config, progress_bar, seed_everything
+from rlhf.step_record import StepRecord
 from rlhf.tracking import MetricsWriter, available_trackers, truncate_metrics_file
 from rlhf.trpo import trpo_update
 from rlhf.update import Updater
 
-__all__ = ["StepBatch", "Trainer"]
+__all__ = ["StepBatch", "StepRecord", "Trainer"]
 
 log = logging.getLogger("rlhf")
 
@@ -97,17 +91,9 @@ class Trainer:
         self.sampler = PromptSampler(len(self.train_set), cfg.seed, cfg.data.shuffle)
         self.episodes = self.episode_runner()
 
-        lora = m.lora
-        model = load_policy(
-            m.path, m.dtype, lora.r, lora.alpha, lora.dropout, lora.target_modules, m.gradient_checkpointing,
-            m.trust_remote_code,
-        )  # fmt: skip
-        set_attention(model, m.attn_implementation)
-        n_train, n_all = count_parameters(model)
-        log.info("policy %s: %.2fM trainable of %.1fM parameters", m.path, n_train / 1e6, n_all / 1e6)
-        self.peft_model = model
+        self.peft_model = model = self.build_policy_model()
         self.is_deepspeed = is_deepspeed(acc)
-        if spec.update == "trpo" and self.is_deepspeed:
+        if spec.update is UpdateKind.TRPO and self.is_deepspeed:
             raise ConfigError(
                 f"algorithm.name={a.name} takes its natural-gradient step outside the optimizer, which DeepSpeed owns; "
                 "launch it single-process or with recipes/accelerate/ddp.yaml"
@@ -116,7 +102,9 @@ class Trainer:
         self.teacher = build_teacher(cfg, self.tokenizer) if spec.teacher else None
         # TRPO steps the policy itself; the optimizer then holds only the value parameters
         policy_params = (
-            [(n, p) for n, p in model.named_parameters() if p.requires_grad] if spec.update == "minibatch" else []
+            [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+            if spec.update is UpdateKind.MINIBATCH
+            else []
         )
         value_params = None if value_model is None else [p for p in value_model.parameters() if p.requires_grad]
         self.optimizer, self.scheduler = build_optimizer(cfg, policy_params, value_params)
@@ -135,10 +123,18 @@ class Trainer:
             r.engine, model=model, tokenizer=self.tokenizer, accelerator=acc, merge_adapter=r.merge_adapter,
             batch_size=r.batch_size, **engine_options(r.engine, r),
         )  # fmt: skip
+        self.collector = self.build_collector()
+        self.estimate = build_estimator(cfg, spec)
+        self.loop, self.eval_settings = build_loop_settings(cfg, spec), build_eval_settings(cfg)
+        self.trpo = build_trpo_settings(cfg) if spec.update is UpdateKind.TRPO else None
         self.updater = Updater(
-            acc, self.policy, self.optimizer, self.scheduler, build_update_settings(cfg, spec), self.policy_logprobs,
+            acc,
+            self.policy,
+            self.optimizer,
+            self.scheduler,
+            build_update_settings(cfg, spec),
             self.engine.weights_updated,
-        )  # fmt: skip
+        )
         self.start_step = self.resume()
         if acc.log_with:
             acc.init_trackers("tracking", config=flat_config(cfg))
@@ -147,6 +143,20 @@ class Trainer:
             cfg, recipe, acc, model, self.optimizer, self.scheduler, self.tokenizer, self.writer, self.resumable_state,
             [rf.name for rf in self.reward_fns], trainable_module=self.policy if spec.value_model else None,
         )  # fmt: skip
+
+    # ------------------------------------------------------------------------------------------------ building
+    def build_policy_model(self):
+        """The LoRA model of `model.*`, its attention kernel set."""
+        m = self.cfg.model
+        lora = m.lora
+        model = load_policy(
+            m.path, m.dtype, lora.r, lora.alpha, lora.dropout, lora.target_modules, m.gradient_checkpointing,
+            m.trust_remote_code,
+        )  # fmt: skip
+        set_attention(model, m.attn_implementation)
+        n_train, n_all = count_parameters(model)
+        log.info("policy %s: %.2fM trainable of %.1fM parameters", m.path, n_train / 1e6, n_all / 1e6)
+        return model
 
     def episode_runner(self) -> EpisodeRunner | None:
         """Multi-turn episodes when the recipe names an environment (None: single-turn). Ranks agree on each turn
@@ -160,6 +170,25 @@ class Trainer:
         return EpisodeRunner(
             build_env(e.name, e.kwargs, e.tools), self.tokenizer, e.max_turns, e.max_tokens, e.reward_weight,
             self.cfg.data.system_prompt, any_running,
+        )  # fmt: skip
+
+    def build_collector(self) -> Collector:
+        """Steps 1-4, with dynamic sampling wrapped around the draws when the recipe asks for it."""
+        acc, a = self.accelerator, self.cfg.algorithm
+        dynamic = None
+        if a.dynamic_sampling:
+            dynamic = DynamicSampling(
+                a.draw_prompts,
+                self.prompts_per_rank * a.num_minibatches,
+                a.max_refills,
+                any_rank=lambda flag: all_sum(acc, float(flag)).item() > 0,
+                total=lambda x: all_sum(acc, float(x)).item(),
+                pad_id=self.tokenizer.pad_token_id,
+            )
+        return Collector(
+            build_collector_settings(self.cfg, self.spec), acc, self.sampler, self.train_set, self.engine,
+            self.reward_fns, self.policy, self.peft_model, self.episodes, self.teacher, dynamic, self.spec.inputs,
+            self.tokenizer,
         )  # fmt: skip
 
     def resumable_state(self) -> dict:
@@ -204,10 +233,9 @@ class Trainer:
 
     # ------------------------------------------------------------------------------------------------ the loop
     def train(self) -> dict:
-        cfg, acc, spec = self.cfg, self.accelerator, self.spec
-        t, a = cfg.train, cfg.algorithm
+        acc, loop = self.accelerator, self.loop
         last_metrics: dict = {}
-        bar = progress_bar(t.max_steps, self.start_step, cfg.logging.progress_bar and self.is_main, a.name)
+        bar = progress_bar(loop.max_steps, self.start_step, loop.progress_bar and self.is_main, loop.name)
         bad_steps, stop = 0, StopRequest(can_abort=acc.num_processes == 1)
         try:
             if self.eval_set is not None and self.start_step == 0:
@@ -218,32 +246,30 @@ class Trainer:
                     return self.stop_before(1, self.step_start_state(), stop, last_metrics, "the step-0 evaluation")
             t_start, step = time.perf_counter(), self.start_step
 
-            for step in range(self.start_step + 1, t.max_steps + 1):
+            for step in range(self.start_step + 1, loop.max_steps + 1):
                 t_step = time.perf_counter()
-                metrics: dict[str, float] = {}
                 before = self.step_start_state()
                 # 1-4. prompts, episodes, rewards, reference and pre-update log-probs: the weights are still those of
                 # the last completed step, so on a stop request this work is dropped and that step saved
                 try:
                     with stop.abortable():
-                        d, batch = self.collect(metrics)
+                        record = self.collector.collect()
                 except StopNow:
                     return self.stop_before(step, before, stop, last_metrics)
                 if acc.num_processes > 1 and all_sum(acc, float(stop.requested)).item() > 0:
                     return self.stop_before(step, before, stop, last_metrics)  # every rank agrees at this point
-                roll, rewards, per_fn, prompts = d.rollout, d.rewards, d.per_fn, d.prompts
+                metrics: dict[str, float] = dict(record.metrics)
 
-                # 5. advantages, [B, C] per token, by the algorithm's estimator
-                est = self.advantages(rewards, batch)
-                batch.advantages, batch.returns = est.advantages, est.returns
+                # 5. advantages, [B, C] per token, by the algorithm's estimator; what it observed updates the state
+                est = self.advantages(record)
+                est.observed.apply(self.kl_ctl, self.reward_stats)
                 metrics.update(est.metrics)
 
                 # 6. update (the first value.warmup_steps steps train only the value model)
                 t0 = time.perf_counter()
-                warmup = spec.value_model and step <= cfg.value.warmup_steps
-                metrics.update(self.update(batch, warmup))
+                metrics.update(self.update(record.batch(est), warmup=step <= loop.value_warmup_steps))
                 bad_steps = bad_steps + 1 if metrics["optim/skipped_steps"] else 0
-                if bad_steps >= t.max_bad_steps:
+                if bad_steps >= loop.max_bad_steps:
                     raise FloatingPointError(
                         f"{bad_steps} steps in a row had a non-finite loss or gradient (skipped, weights untouched); "
                         "lower optim.lr, set optim.max_grad_norm, or check the rewards. The last checkpoint under "
@@ -252,32 +278,10 @@ class Trainer:
                 metrics["time/train"] = time.perf_counter() - t0
 
                 # 7. log, evaluate, checkpoint
-                metrics.update(rollout_metrics(acc, roll, rewards, per_fn, self.reward_fns))
-                if d.episode_stats is not None:
-                    metrics.update(episode_metrics(acc, d.episode_stats, per_fn["env"]))
-                metrics["time/step"] = time.perf_counter() - t_step
-                # the time budget is agreed over ranks so that every rank stops after the same step
-                time_up = bool(t.max_minutes) and all_sum(acc, time.perf_counter() - t_start).item() / (
-                    60 * acc.num_processes
-                ) >= (t.max_minutes or 0)
-                last = step == t.max_steps or time_up
-                if self.eval_set is not None and (step % cfg.eval.every == 0 or last):
-                    try:
-                        with stop.abortable():
-                            metrics.update(self.evaluate(step=None))
-                    except StopNow:  # the step trained: it is logged and saved below, without its evaluation
-                        log.warning("stop requested (%s): the evaluation of step %d is dropped", stop.name, step)
-                self.writer.log(metrics, step)
-                last_metrics.update(metrics)
-                self.outputs.step_done(step, metrics, prompts, roll, rewards, bar)
-                if t.save_every and step % t.save_every == 0 and not last:
-                    self.outputs.save(step)
-                if all_sum(acc, float(stop.requested)).item() > 0:
-                    log.warning("stop requested (%s): saving a checkpoint at step %d and exiting", stop.name, step)
-                    self.outputs.save(step)
+                ending = self.step_done(step, record, metrics, t_step, t_start, stop, bar, last_metrics)
+                if ending == "stopped":
                     return last_metrics
-                if time_up:
-                    log.info("train.max_minutes=%s reached after step %d: finishing the run", t.max_minutes, step)
+                if ending == "time_up":
                     break
             self.outputs.finish(step, last_metrics)
         finally:
@@ -290,46 +294,41 @@ class Trainer:
         acc.end_training()
         return last_metrics
 
-    # ------------------------------------------------------------------------------------------------ the steps
-    def collect(self, metrics: dict) -> tuple[Draw, StepBatch]:
-        """Steps 1-4: this rank's prompts, their episodes (rollout engine) and rewards (with dynamic sampling, drawn
-        again while a rank lacks groups whose rewards differ), then the reference and pre-update log-probs and the
-        rollout-time values, each only when needed. Adds the stage timings to `metrics`."""
-        acc, a, r, spec = self.accelerator, self.cfg.algorithm, self.cfg.rollout, self.spec
-        if a.dynamic_sampling:
-            d, dyn = collect_informative(
-                lambda: self.draw(a.draw_prompts),
-                self.prompts_per_rank * a.num_minibatches,
-                a.max_refills,
-                any_rank=lambda flag: all_sum(acc, float(flag)).item() > 0,
-                total=lambda x: all_sum(acc, float(x)).item(),
-                pad_id=self.tokenizer.pad_token_id,
-            )
-            metrics.update(dyn)
-        else:
-            d = self.draw()
-        roll = d.rollout
-        metrics["time/rollout"], metrics["time/reward"] = d.time_rollout, d.time_reward
-        gen_tokens = all_sum(acc, roll.action_mask.sum()).item()
-        metrics["throughput/gen_tokens_per_s"] = gen_tokens / max(metrics["time/rollout"], 1e-9) / acc.num_processes
-
-        t0 = time.perf_counter()
-        loss_mask = roll.action_mask.clone()
-        if r.mask_truncated:
-            loss_mask[roll.truncated] = 0
-        if d.trainable is not None:  # groups that only fill the batch (dynamic sampling ran short)
-            loss_mask[~d.trainable] = 0
-        batch = StepBatch(roll, torch.zeros_like(roll.logprobs), loss_mask)
-        if a.beta > 0:
-            batch.ref_logprobs = self.scored_logprobs(batch, reference=True)
-        if spec.value_model:
-            batch.old_logprobs, batch.old_values = self.scored_logprobs(batch, reference=False, values=True)
-        elif not (a.num_iterations == 1 and a.num_minibatches == 1):  # on-policy: the update's own forward serves
-            batch.old_logprobs = self.scored_logprobs(batch, reference=False)
-        if self.teacher is not None:
-            batch.teacher_logprobs = self.scored_logprobs(batch, reference=False, scorer=self.teacher)
-        metrics["time/ref"] = time.perf_counter() - t0
-        return d, batch
+    def step_done(
+        self, step: int, record: StepRecord, metrics: dict, t_step: float, t_start: float, stop: StopRequest, bar,
+        last_metrics: dict,
+    ) -> str | None:  # fmt: skip
+        """Step 7: metrics, the evaluation when due, the log line, samples and checkpoints. Returns "stopped" (a stop
+        request: saved, the run exits), "time_up" (train.max_minutes reached: the run finishes) or None."""
+        acc, loop = self.accelerator, self.loop
+        metrics.update(rollout_metrics(acc, record.rollout, record.rewards, record.per_fn, self.reward_fns))
+        if record.episode_stats is not None:
+            metrics.update(episode_metrics(acc, record.episode_stats, record.per_fn["env"]))
+        metrics["time/step"] = time.perf_counter() - t_step
+        # the time budget is agreed over ranks so that every rank stops after the same step
+        time_up = bool(loop.max_minutes) and all_sum(acc, time.perf_counter() - t_start).item() / (
+            60 * acc.num_processes
+        ) >= (loop.max_minutes or 0)
+        last = step == loop.max_steps or time_up
+        if self.eval_set is not None and (step % loop.eval_every == 0 or last):
+            try:
+                with stop.abortable():
+                    metrics.update(self.evaluate(step=None))
+            except StopNow:  # the step trained: it is logged and saved below, without its evaluation
+                log.warning("stop requested (%s): the evaluation of step %d is dropped", stop.name, step)
+        self.writer.log(metrics, step)
+        last_metrics.update(metrics)
+        self.outputs.step_done(step, metrics, record.prompts, record.rollout, record.rewards, bar)
+        if loop.save_every and step % loop.save_every == 0 and not last:
+            self.outputs.save(step)
+        if all_sum(acc, float(stop.requested)).item() > 0:
+            log.warning("stop requested (%s): saving a checkpoint at step %d and exiting", stop.name, step)
+            self.outputs.save(step)
+            return "stopped"
+        if time_up:
+            log.info("train.max_minutes=%s reached after step %d: finishing the run", loop.max_minutes, step)
+            return "time_up"
+        return None
 
     def step_start_state(self) -> tuple[dict, dict]:
         """What a dropped step must put back: the sampler's position and this rank's RNGs."""
@@ -355,161 +354,32 @@ class Trainer:
             self.outputs.save(done)
         return last_metrics
 
-    def draw(self, prompts: int = 0) -> Draw:
-        """Steps 1-3 once: this rank's share of `prompts` prompts (0: a step's batch; every rank draws the same global
-        order and takes its own whole groups), their episodes and their rewards."""
-        t, a, acc = self.cfg.train, self.cfg.algorithm, self.accelerator
-        prompts = prompts or t.prompts_per_step * a.num_minibatches
-        global_idx = self.sampler.take(prompts)
-        k = prompts // acc.num_processes
-        prompt_idx = global_idx[acc.process_index * k : (acc.process_index + 1) * k]
-        t0 = time.perf_counter()
-        episodes = None
-        if self.episodes is None:
-            roll, ps = self.rollout(prompt_idx)
-        else:
-            episodes, ps = self.run_episodes(prompt_idx)
-            roll = episodes.rollout
-        t1 = time.perf_counter()
-        rewards, per_fn, prompts = score_rollout(
-            self.reward_fns, ps.texts, ps.columns, roll, roll.group_size, prompt_messages=ps.prompt_messages,
-            **({} if episodes is None else self.episode_scoring(episodes)),
-        )  # fmt: skip
-        stats = None if episodes is None else episodes.stats
-        return Draw(roll, rewards, per_fn, prompts, t1 - t0, time.perf_counter() - t1, episode_stats=stats)
-
-    def episode_scoring(self, episodes: Episodes) -> dict:
-        """What multi-turn episodes add to scoring: the functions score the last turn, the environment's reward adds
-        with its weight."""
-        return {
-            "completions": episodes.final_texts,
-            "extra": {"env": (episodes.env_rewards, self.cfg.env.reward_weight)},
-        }
-
-    def rollout(self, prompt_idx: list[int]) -> tuple[Rollout, object]:
-        """Step 2: G episodes for each of this rank's prompts, through the engine."""
-        r = self.cfg.rollout
-        ps = self.train_set.select(prompt_idx)
-        params = SamplingParams(r.max_new_tokens, r.temperature, r.top_p, r.top_k, False, list(r.stop))
-        self.policy.eval()
-        return self.engine.generate(ps.prompt_ids, r.num_generations, params), ps
-
-    def run_episodes(self, prompt_idx: list[int]) -> tuple[Episodes, object]:
-        """Step 2 with an environment: G multi-turn episodes for each of this rank's prompts."""
-        r = self.cfg.rollout
-        ps = self.train_set.select(prompt_idx)
-        params = SamplingParams(r.max_new_tokens, r.temperature, r.top_p, r.top_k, False, list(r.stop))
-        self.policy.eval()
-        return self.episodes.run(self.engine, ps, r.num_generations, params), ps
-
-    def policy_logprobs(
-        self,
-        batch: StepBatch,
-        with_entropy: bool = False,
-        with_values: bool = False,
-        detach_value_trunk: bool = False,
-        scorer=None,
-    ):
-        """The wrapped policy's forward on a micro-batch (padding columns dropped first): (PolicyOutput, the batch
-        as trimmed). Temperature and group size are the rollout's own."""
-        b = batch.trimmed()
-        r = b.rollout
-        out = (self.policy if scorer is None else scorer)(
-            r.prompt_ids,
-            r.prompt_mask,
-            r.completion_ids,
-            r.completion_mask,
-            r.temperature,
-            with_entropy,
-            group_size=r.group_size,
-            with_values=with_values,
-            detach_value_trunk=detach_value_trunk,
-            action_mask=r.action_mask,
-        )
-        return out, b
-
-    @torch.no_grad()
-    def scored_logprobs(self, batch: StepBatch, reference: bool, values: bool = False, scorer=None):
-        """Step 4: [B, C] log-probs under the current policy, the reference, or another model (`scorer`, a frozen
-        `Policy`: the distillation teacher), micro-batch by micro-batch; with values, also [B, C] V(s_t) from the
-        same forward."""
-        out = torch.zeros_like(batch.rollout.logprobs)
-        vals = torch.zeros_like(out) if values else None
-        mb = self.cfg.train.micro_batch_size
-        for s in range(0, len(batch.advantages), mb):
-            part = batch.rows(slice(s, s + mb))
-            if scorer is not None:
-                po, _ = self.policy_logprobs(part, scorer=scorer)
-            elif reference:
-                with reference_policy(self.peft_model):
-                    po, _ = self.policy_logprobs(part)
-            else:
-                po, _ = self.policy_logprobs(part, with_values=values)
-            out[s : s + mb, : po.logprobs.shape[1]] = po.logprobs
-            if values:
-                vals[s : s + mb, : po.values.shape[1]] = po.values.float()
-        return (out, vals) if values else out
-
-    def advantages(self, rewards: Tensor, batch: StepBatch):
-        """Step 5: the algorithm's estimator on plain tensors (see rlhf.estimators)."""
-        a, roll = self.cfg.algorithm, batch.rollout
-        inputs = AdvantageInputs(
-            scores=rewards,
-            action_mask=roll.action_mask,
-            loss_mask=batch.loss_mask,
-            group_size=roll.group_size,
-            truncated=roll.truncated,
-            old_logprobs=batch.old_logprobs,
-            ref_logprobs=batch.ref_logprobs,
-            old_values=batch.old_values,
-            kl_ctl=self.kl_ctl,
-            reward_stats=self.reward_stats,
-            behaviour_logprobs=roll.logprobs,
-            teacher_logprobs=batch.teacher_logprobs,
-        )
-        return self.spec.estimator(inputs, self.stats, **{k: getattr(a, k) for k in self.spec.estimator_knobs})
+    # ------------------------------------------------------------------------------------------------ the steps
+    def advantages(self, record: StepRecord) -> Advantages:
+        """Step 5: the algorithm's estimator (knobs bound at build time) on the record, with the KL coefficient and
+        reward moments as they are before the step. Changes nothing: the caller applies `observed`."""
+        return self.estimate(record.advantage_inputs(self.kl_ctl.value, self.reward_stats), self.stats)
 
     def update(self, batch: StepBatch, warmup: bool) -> dict[str, float]:
         """Step 6: minibatch steps, or (update = trpo) the value model's fit then the policy's natural step."""
-        if self.spec.update == "minibatch":
+        if self.trpo is None:
             return self.updater(batch, warmup)
         metrics = self.updater(batch, warmup=True)  # the value model alone
         metrics["value/warmup"] = float(warmup)
         if not warmup:
-            tr = self.cfg.algorithm.trpo
-            metrics.update(
-                trpo_update(
-                    self.accelerator.unwrap_model(self.policy),
-                    batch,
-                    lambda x: all_sum(self.accelerator, x),
-                    tr.max_kl,
-                    tr.cg_iters,
-                    tr.damping,
-                    tr.fisher_fraction,
-                    tr.backtrack_steps,
-                    tr.backtrack_ratio,
-                    self.cfg.train.micro_batch_size,
-                )
-            )
+            total = lambda x: all_sum(self.accelerator, x)  # noqa: E731
+            metrics.update(trpo_update(self.accelerator.unwrap_model(self.policy), batch, total, self.trpo))
             self.engine.weights_updated()
         return metrics
 
     def evaluate(self, step: int | None) -> dict:
         """Greedy held-out accuracy through the same engine; logged at `step` when given."""
-        e = self.cfg.eval
+        e = self.eval_settings
         self.policy.eval()
-        max_new_tokens = e.max_new_tokens or self.cfg.rollout.max_new_tokens
         metrics, _ = greedy_eval(
-            self.engine,
-            self.eval_set,
-            self.reward_fns,
-            max_new_tokens,
-            e.batch_size,
-            e.success_threshold,
-            self.accelerator,
-            episodes=self.episodes,
-            stop=self.cfg.rollout.stop,
-        )
+            self.engine, self.eval_set, self.reward_fns, e.max_new_tokens, e.batch_size, e.success_threshold,
+            self.accelerator, episodes=self.episodes, stop=list(e.stop),
+        )  # fmt: skip
         if step is not None:
             self.writer.log(metrics, step)
             if self.is_main:

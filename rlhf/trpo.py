@@ -98,18 +98,20 @@ def trpo_step(
     return TRPOResult(False, 0.0, kl, 0.0, expected, residual)
 
 
-def trpo_update(
-    policy,
-    batch,
-    total: Callable[[Tensor | float], Tensor],
-    max_kl: float,
-    cg_iters: int = 10,
-    damping: float = 0.1,
-    fisher_fraction: float = 0.25,
-    backtrack_steps: int = 10,
-    backtrack_ratio: float = 0.5,
-    micro_batch_size: int = 32,
-) -> dict[str, float]:
+@dataclass(frozen=True)
+class TRPOSettings:
+    """`algorithm.trpo.*` as plain values (built once), and the micro-batch size of the forward passes."""
+
+    max_kl: float = 0.01
+    cg_iters: int = 10
+    damping: float = 0.1
+    fisher_fraction: float = 0.25
+    backtrack_steps: int = 10
+    backtrack_ratio: float = 0.5
+    micro_batch_size: int = 32
+
+
+def trpo_update(policy, batch, total: Callable[[Tensor | float], Tensor], s: TRPOSettings) -> dict[str, float]:
     """TRPO's natural-gradient step of `policy` (the unwrapped `rlhf.policy.Policy`) on a StepBatch whose old
     log-probs and advantages are set; the value model is fitted before this by the optimizer. `total(x)` sums a
     tensor or scalar over ranks: gradients and Fisher-vector products are summed by hand (the step happens outside
@@ -118,9 +120,9 @@ def trpo_update(
 
     params = policy.policy_parameters()
     n_tokens = max(total(batch.loss_mask.sum()).item(), 1.0)
-    G, mb, B = batch.rollout.group_size, micro_batch_size, len(batch.advantages)
+    G, mb, B = batch.rollout.group_size, s.micro_batch_size, len(batch.advantages)
     # the Fisher comes from the first whole groups (rows are in random prompt order); the gradient from all rows
-    n_fisher = min(B, max(G, round(fisher_fraction * B / G) * G))
+    n_fisher = min(B, max(G, round(s.fisher_fraction * B / G) * G))
     spans = [(s, min(s + mb, n_fisher)) for s in range(0, n_fisher, mb)] + [
         (s, min(s + mb, B)) for s in range(n_fisher, B, mb)
     ]
@@ -128,18 +130,6 @@ def trpo_update(
     is_fisher = [a < n_fisher for a, _ in spans]
     fisher_tokens = max(total(batch.loss_mask[:n_fisher].sum()).item(), 1.0)
     reduce = lambda x: total(x).float()
-
-    def full_logprobs(part) -> Tensor:
-        r = part.rollout
-        return policy.full_logprobs(
-            r.prompt_ids,
-            r.prompt_mask,
-            r.completion_ids,
-            r.completion_mask,
-            r.temperature,
-            group_size=G,
-            action_mask=r.action_mask,
-        )
 
     def surrogate_and_kl(part, logp: Tensor, logp_old: Tensor) -> tuple[Tensor, Tensor]:
         """Sums over the part's action tokens: (ratio * A, KL(pi_old || pi)), each divided by the whole batch's
@@ -158,7 +148,7 @@ def trpo_update(
         grad = torch.zeros(sum(p.numel() for p in params))
         kl_grads, olds, surrogate_old = [], [], 0.0
         for part, fisher in zip(parts, is_fisher):
-            logp = full_logprobs(part)
+            logp = policy.full_logprobs(part.rollout)
             logp_old = logp.detach()
             surrogate, kl = surrogate_and_kl(part, logp, logp_old)
             grad += flatten(torch.autograd.grad(surrogate, params, retain_graph=fisher))
@@ -173,22 +163,23 @@ def trpo_update(
             out = torch.zeros_like(vec)
             for g in kl_grads:
                 out += flatten(torch.autograd.grad(flatten(g).dot(vec), params, retain_graph=True))
-            return reduce(out) + damping * vec
+            return reduce(out) + s.damping * vec
 
         @torch.no_grad()
         def evaluate() -> tuple[float, float]:
             s_total, kl_total = 0.0, 0.0
             for part, logp_old in zip(parts, olds):
-                s, k = surrogate_and_kl(part, full_logprobs(part), logp_old)
-                s_total, kl_total = s_total + s.item(), kl_total + k.item()
+                sur, k = surrogate_and_kl(part, policy.full_logprobs(part.rollout), logp_old)
+                s_total, kl_total = s_total + sur.item(), kl_total + k.item()
             return reduce(s_total).item(), reduce(kl_total).item()
 
         if grad.abs().max() == 0:  # every advantage is zero: nothing to step towards
             result = TRPOResult(False, 0.0, 0.0, 0.0, 0.0, 0.0)
         else:
             result = trpo_step(
-                params, grad, fisher_vp, evaluate, surrogate_old, max_kl, cg_iters, backtrack_steps, backtrack_ratio
-            )
+                params, grad, fisher_vp, evaluate, surrogate_old, s.max_kl, s.cg_iters, s.backtrack_steps,
+                s.backtrack_ratio,
+            )  # fmt: skip
     kl_grads.clear()  # frees the retained double-backward graphs
     return {
         "trpo/accepted": float(result.accepted),

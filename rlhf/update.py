@@ -9,39 +9,18 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Callable
-from dataclasses import dataclass, field
 
 import torch
 from torch import Tensor
 
 from rlhf.batch import StepBatch
 from rlhf.distributed import all_max, all_sum, is_deepspeed
-from rlhf.losses import aggregate, clipped_value_loss, entropy_bonus, kl_penalty, masked_mean
-from rlhf.offpolicy import rollout_mismatch, tis_weights
+from rlhf.losses import masked_mean
+from rlhf.objective import LossTerms, Minibatch, UpdateSettings, micro_batch_loss
+from rlhf.offpolicy import rollout_mismatch
+from rlhf.policy import Scores, score
 
-
-@dataclass(frozen=True)
-class UpdateSettings:
-    """What the update reads, as plain values (the trainer builds it from the recipe and the algorithm's row)."""
-
-    policy_loss: Callable  # the row's loss: (logprobs, old_logprobs, advantages, mask, *, agg, ..., **loss_knobs)
-    loss_knobs: dict = field(default_factory=dict)
-    num_iterations: int = 1  # mu
-    num_minibatches: int = 1
-    micro_batch_size: int = 32
-    loss_agg: str = "token-mean"
-    max_len: int = 64  # the constant of seq-mean-token-sum-norm (rollout.max_new_tokens)
-    beta: float = 0.0  # KL-to-reference coefficient of the loss term (kl_in_loss)
-    kl_in_loss: bool = True
-    kl_estimator: str = "k3"
-    target_kl: float | None = None
-    value_coef: float = 0.0  # > 0 or uses_value: the value loss joins the total
-    value_clip: float = 0.0
-    uses_value: bool = False
-    max_grad_norm: float = 1.0
-    entropy_coef: float = 0.0  # entropy bonus: the loss subtracts coef * the aggregated entropy of action tokens
-    tis_cap: float | None = None  # truncated importance sampling between sampler and trainer (rlhf.offpolicy)
-    tis_seq_threshold: float | None = None
+__all__ = ["MetricSums", "StepGuard", "UpdateSettings", "Updater", "zero_lr"]
 
 
 @contextlib.contextmanager
@@ -58,12 +37,14 @@ def zero_lr(optimizer, active: bool):
 
 
 class Updater:
-    """forward(micro_batch, with_entropy, with_values, detach_value_trunk) -> (PolicyOutput, the trimmed micro-batch)
-    runs the wrapped policy; on_step() is called after every optimizer step (the rollout engine's weights_updated)."""
+    """Holds the policy (as accelerate / DeepSpeed wrapped it), its optimizer and schedule; on_step() is called after
+    every optimizer step (the rollout engine's weights_updated)."""
 
-    def __init__(self, accelerator, policy, optimizer, scheduler, settings: UpdateSettings, forward, on_step):
+    def __init__(
+        self, accelerator, policy, optimizer, scheduler, settings: UpdateSettings, on_step: Callable[[], None]
+    ):
         self.acc, self.policy, self.optimizer, self.scheduler = accelerator, policy, optimizer, scheduler
-        self.s, self.forward, self.on_step = settings, forward, on_step
+        self.s, self.on_step = settings, on_step
         self.is_deepspeed = is_deepspeed(accelerator)
 
     def __call__(self, batch: StepBatch, warmup: bool = False) -> dict[str, float]:
@@ -79,55 +60,32 @@ class Updater:
                 minibatch = batch.rows(slice(m * per_mb, (m + 1) * per_mb))
                 # every micro-batch divides by the whole minibatch's token (or sequence) count over all ranks; DDP
                 # averages over ranks and accelerate divides by the accumulation count, so scale both back
-                n_tokens = all_sum(acc, minibatch.loss_mask.sum()).item()
-                n_seqs = per_mb * acc.num_processes
-                scale = acc.num_processes * acc.gradient_accumulation_steps
+                counts = Minibatch(all_sum(acc, minibatch.loss_mask.sum()).item(), per_mb * acc.num_processes, warmup)
                 mb_kl = 0.0
                 for start in range(0, per_mb, s.micro_batch_size):
-                    with acc.accumulate(self.policy):
-                        out, mb = self.forward(
-                            minibatch.rows(slice(start, start + s.micro_batch_size)),
-                            with_entropy=True,
-                            with_values=s.uses_value,
-                            detach_value_trunk=warmup,
-                        )
-                        lp = out.logprobs
-                        old = lp.detach() if mb.old_logprobs is None else mb.old_logprobs
-                        agg = dict(agg=s.loss_agg, num_tokens=n_tokens, max_len=s.max_len, num_seqs=n_seqs)
-                        adv = mb.advantages
-                        if s.tis_cap is not None:  # weight = min(exp(old - behaviour), cap): >= 0, so it scales A
-                            w, tis = tis_weights(old, mb.rollout.logprobs, mb.loss_mask, s.tis_cap, s.tis_seq_threshold)
-                            adv = adv * w
-                            sums.weighted(tis, mb.loss_mask.sum().item())
-                        loss, pg = s.policy_loss(lp, old, adv, mb.loss_mask, **agg, **s.loss_knobs)
-                        if s.entropy_coef:
-                            bonus = entropy_bonus(out.entropy, mb.loss_mask, **agg)
-                            loss_and_bonus = loss - s.entropy_coef * bonus
-                        else:
-                            loss_and_bonus = loss
-                        total = loss_and_bonus * 0.0 if warmup else loss_and_bonus
-                        kl_loss = v_loss = torch.zeros(())
-                        if mb.ref_logprobs is not None and s.kl_in_loss:
-                            kl_loss = aggregate(kl_penalty(lp, mb.ref_logprobs, s.kl_estimator), mb.loss_mask, **agg)
-                            total = total + s.beta * kl_loss
-                        if s.uses_value:
-                            v_loss, vm = clipped_value_loss(
-                                out.values, mb.old_values, mb.returns, mb.loss_mask, s.value_clip, num_tokens=n_tokens
-                            )
-                            total = total + s.value_coef * v_loss
-                            sums.add("value/clipfrac", vm["clipfrac"].item() * mb.loss_mask.sum().item())
-                        total = steps.guard(total, out)
-                        if steps.backward_and_step(total * scale, self.policy, self.scheduler, s.max_grad_norm):
-                            self.on_step()
-                    w = sums.micro_batch(mb, out, loss, kl_loss, v_loss, pg)
-                    if sums.passes < s.num_minibatches:  # the first pass: pre-update log-probs vs the sampler's
-                        sums.mismatch(old, mb.rollout.logprobs, mb.loss_mask)
-                    mb_kl += pg["approx_kl"].item() * w
+                    mb = minibatch.rows(slice(start, start + s.micro_batch_size)).trimmed()
+                    mb_kl += self.micro_batch(mb, counts, sums, steps)
                 sums.passes += 1
                 # early stop (target_kl): this minibatch moved the policy too far from the rollout policy
-                if s.target_kl is not None and all_sum(acc, mb_kl).item() / max(n_tokens, 1.0) > s.target_kl:
+                if s.target_kl is not None and all_sum(acc, mb_kl).item() / max(counts.num_tokens, 1.0) > s.target_kl:
                     return sums.metrics(steps, self.scheduler, s, warmup, early_stop=True)
         return sums.metrics(steps, self.scheduler, s, warmup, early_stop=False)
+
+    def micro_batch(self, mb: StepBatch, counts: Minibatch, sums: MetricSums, steps: StepGuard) -> float:
+        """Score, loss, backward (and, at the end of an accumulation window, step); returns the micro-batch's
+        token-weighted approx_kl."""
+        s, acc = self.s, self.acc
+        with acc.accumulate(self.policy):
+            scores = score(self.policy, mb.rollout, True, s.uses_value, detach_value_trunk=counts.warmup)
+            total, terms = micro_batch_loss(scores, mb, s, counts)
+            total = steps.guard(total, scores)
+            scale = acc.num_processes * acc.gradient_accumulation_steps
+            if steps.backward_and_step(total * scale, self.policy, self.scheduler, s.max_grad_norm):
+                self.on_step()
+        w = sums.micro_batch(mb, scores, terms)
+        if sums.passes < s.num_minibatches:  # the first pass: pre-update log-probs vs the sampler's
+            sums.mismatch(terms.old_logprobs, mb.rollout.logprobs, mb.loss_mask)
+        return terms.policy_metrics["approx_kl"].item() * w
 
 
 class StepGuard:
@@ -142,11 +100,11 @@ class StepGuard:
         self.bad_micro = self.skipped = self.updates = 0
         self.grad_norms: list[float] = []
 
-    def guard(self, total: Tensor, out) -> Tensor:
+    def guard(self, total: Tensor, scores: Scores) -> Tensor:
         if torch.isfinite(total):
             return total
         self.bad_micro += 1
-        return out.logprobs.sum() * 0.0 + (0.0 if out.values is None else out.values.sum() * 0.0)
+        return scores.logprobs.sum() * 0.0 + (0.0 if scores.values is None else scores.values.sum() * 0.0)
 
     def backward_and_step(self, loss: Tensor, policy, scheduler, max_grad_norm: float) -> bool:
         """Backward; at the end of an accumulation window, clip and step unless any rank saw a non-finite value.
@@ -205,16 +163,21 @@ class MetricSums:
         self.mismatch_sums[1] += m["rollout/mismatch_kl"].item() * n
         self.mismatch_max = max(self.mismatch_max, m["rollout/mismatch_abs_max"].item())
 
-    def micro_batch(self, mb: StepBatch, out, loss: Tensor, kl_loss: Tensor, v_loss: Tensor, pg: dict) -> float:
+    def micro_batch(self, mb: StepBatch, scores: Scores, terms: LossTerms) -> float:
         """Add one micro-batch's numbers; returns its token count."""
         w = mb.loss_mask.sum().item()
+        if terms.tis is not None:
+            self.weighted(terms.tis, w)
+        if terms.value_clipfrac is not None:
+            self.sums["value/clipfrac"] += terms.value_clipfrac.item() * w
         self.tokens += w
-        for key, t in (("loss/policy", loss), ("loss/kl", kl_loss), ("loss/value", v_loss)):
+        for key, t in (("loss/policy", terms.policy), ("loss/kl", terms.kl), ("loss/value", terms.value)):
             self.sums[key] += torch.nan_to_num(t.detach(), nan=0.0).item()
+        pg = terms.policy_metrics
         self.sums["policy/clipfrac"] += pg["clipfrac"].item() * w
         self.sums["policy/approx_kl"] += pg["approx_kl"].item() * w
-        self.sums["policy/entropy"] += masked_mean(out.entropy, mb.loss_mask).item() * w
-        gap = ((out.logprobs.detach() - mb.rollout.logprobs).abs()) * mb.loss_mask
+        self.sums["policy/entropy"] += masked_mean(scores.entropy, mb.loss_mask).item() * w
+        gap = ((scores.logprobs.detach() - mb.rollout.logprobs).abs()) * mb.loss_mask
         self.sums["policy/rollout_logprob_gap"] += gap.sum().item()
         return w
 

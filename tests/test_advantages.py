@@ -198,7 +198,6 @@ def test_loss_over_a_gapped_mask_equals_the_loss_over_the_same_tokens_written_co
 
 def test_estimators_run_without_a_model():
     from rlhf.estimators import AdvantageInputs, BatchStats, gae_with_kl_reward, grpo
-    from rlhf.kl_control import KLController
 
     scores = torch.tensor([1.0, 0.0, 0.0, 1.0])
     mask = GAPPED
@@ -213,7 +212,7 @@ def test_estimators_run_without_a_model():
         truncated=torch.zeros(4, dtype=torch.bool),
         old_logprobs=torch.zeros(4, 8),
         old_values=torch.zeros(4, 8),
-        kl_ctl=KLController(0.0),
+        kl_coef=0.0,
     )
     est = gae_with_kl_reward(inp, BatchStats(), gamma=1.0, lam=1.0, whiten_advantages=False)
     # V = 0 and lambda = gamma = 1: every action token's advantage is the episode's score

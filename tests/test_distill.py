@@ -56,9 +56,9 @@ def test_advantages_are_the_teachers_logprobs_minus_the_samplers(
     seen = {}
     real = Trainer.advantages
 
-    def spy(self, rewards, batch):
-        est = real(self, rewards, batch)
-        seen["batch"], seen["adv"] = batch, est.advantages
+    def spy(self, record):
+        est = real(self, record)
+        seen["batch"], seen["adv"] = record, est.advantages
         return est
 
     monkeypatch.setattr(Trainer, "advantages", spy)

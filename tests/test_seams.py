@@ -36,6 +36,8 @@ def rows(out: Path) -> list[dict]:
 
 
 def test_an_algorithm_added_by_one_row_trains(tiny_model_dir, tmp_path, monkeypatch):
+    """A toy policy loss in the shared signature (`rlhf.objective.PolicyLoss`) and its row: nothing else changes
+    (the micro-batch loss calls the row's loss; the update only slices, steps and accounts)."""
     from rlhf.trainer import Trainer
 
     calls = {"n": 0}
@@ -56,6 +58,39 @@ def test_an_algorithm_added_by_one_row_trains(tiny_model_dir, tmp_path, monkeypa
     assert all(r["optim/updates"] == 1 and r["policy/clipfrac"] == 0.0 for r in rows(out))
     moved = [n for n, p in trainer.peft_model.named_parameters() if n in before and not torch.equal(p, before[n])]
     assert moved, "the toy loss did not move the adapter"
+
+
+def test_an_estimator_with_a_new_input_needs_the_record_and_the_estimator_only(tiny_model_dir, tmp_path, monkeypatch):
+    """As distillation needed the teacher's log-probs: the input is computed once per step into the step record
+    (here through the row's `inputs`, landing in `StepRecord.extra`) and the estimator reads it; the trainer, the
+    collector's code and the update are untouched."""
+    from rlhf.estimators import Advantages
+    from rlhf.step_record import StepRecord
+    from rlhf.trainer import Trainer
+
+    seen: dict = {}
+
+    def episode_lengths(collector, rollout):
+        """[B] sampled tokens per episode."""
+        return rollout.action_mask.sum(-1).float()
+
+    def shorter_is_better(inp, stats):
+        seq = -inp.extra["lengths"]
+        seen["lengths"] = inp.extra["lengths"]
+        return Advantages((seq - seq.mean())[:, None] * inp.loss_mask.float())
+
+    row = Algorithm(shorter_is_better, policy_loss=vanilla_pg_loss, loss_knobs=(), inputs={"lengths": episode_lengths})
+    monkeypatch.setitem(ALGORITHMS, "toy_short", row)
+    records = []
+    real = Trainer.advantages
+    monkeypatch.setattr(Trainer, "advantages", lambda self, record: records.append(record) or real(self, record))
+    out = tmp_path / "run"
+    over = [*tiny_run(tiny_model_dir, out), "algorithm.name=toy_short", "train.max_steps=2"]
+    trainer = Trainer(load_config(GRPO, over))
+    trainer.train()
+    assert isinstance(records[0], StepRecord) and set(records[0].extra) == {"lengths"}
+    assert torch.equal(seen["lengths"], records[-1].rollout.action_mask.sum(-1).float())
+    assert all(r["optim/updates"] == 1 for r in rows(out))
 
 
 def test_knob_the_algorithm_ignores_is_an_error_naming_its_users(tiny_model_dir, tmp_path):
@@ -138,9 +173,9 @@ def test_gapped_episodes_train_on_action_tokens_only(recipe, tiny_model_dir, tmp
     seen = {}
     real = Trainer.advantages
 
-    def spy(self, rewards, batch):
-        est = real(self, rewards, batch)
-        seen["action"], seen["adv"] = batch.rollout.action_mask.clone(), est.advantages.clone()
+    def spy(self, record):
+        est = real(self, record)
+        seen["action"], seen["adv"] = record.rollout.action_mask.clone(), est.advantages.clone()
         seen["returns"] = None if est.returns is None else est.returns.clone()
         return est
 
@@ -162,7 +197,7 @@ def test_gapped_episodes_train_on_action_tokens_only(recipe, tiny_model_dir, tmp
 
 def test_algorithm_rows_are_complete():
     for name, row in ALGORITHMS.items():
-        assert row.kl in ("loss", "reward") and row.update in ("minibatch", "trpo"), name
+        assert isinstance(row.kl, algorithms.KLPlace) and isinstance(row.update, algorithms.UpdateKind), name
         assert callable(row.estimator) and callable(row.policy_loss), name
         assert row.summary, f"{name} has no summary for the configuration reference"
     # every claimed key is a real config key

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 from rlhf.config import load_config
-from rlhf.trainer import StepBatch, Trainer
+from rlhf.trainer import StepBatch, StepRecord, Trainer
 from tests.conftest import REPO, tiny_run
 
 FIXTURES = REPO / "tests" / "reward_fixtures.py"
@@ -23,12 +23,12 @@ def test_on_policy_reuse_of_current_logprobs_equals_recomputing_old_logprobs(tin
     for p, q in zip(reuse.peft_model.parameters(), recompute.peft_model.parameters()):
         assert torch.equal(p, q)  # same seed, same initial adapter
     torch.manual_seed(0)
-    roll, ps = reuse.rollout(list(range(2)))
+    roll, ps = reuse.collector.rollout(list(range(2)))
     rewards = torch.tensor([len(t) / 10.0 for t in roll.texts])
-    adv = reuse.advantages(rewards, StepBatch(roll, torch.zeros_like(roll.logprobs), roll.action_mask)).advantages
+    adv = reuse.advantages(StepRecord(roll, rewards, {}, [], roll.action_mask)).advantages
     batch_a = StepBatch(roll, adv, roll.completion_mask.clone())
-    batch_b = StepBatch(roll, adv.clone(), roll.completion_mask.clone())
-    batch_b.old_logprobs = recompute.scored_logprobs(batch_b, reference=False)
+    old, _ = recompute.collector.scored(roll, recompute.policy)
+    batch_b = StepBatch(roll, adv.clone(), roll.completion_mask.clone(), old_logprobs=old)
     m_a, m_b = reuse.update(batch_a, warmup=False), recompute.update(batch_b, warmup=False)
     assert m_a["loss/policy"] != 0.0
     for key in ("loss/policy", "policy/entropy", "policy/clipfrac"):

@@ -27,14 +27,14 @@ RECIPE = Path(os.environ.get("ZERO_WORKER_RECIPE", REPO / "recipes" / "grpo_arit
 
 
 def fixed_rollout(self, prompt_idx: list[int]):
-    """Stands in for Trainer.rollout: G completions per prompt drawn from a generator seeded by the prompt's index,
+    """Stands in for Collector.rollout: G completions per prompt drawn from a generator seeded by the prompt's index,
     with lengths 1..max_new_tokens, so the sequences depend on nothing but the prompt."""
     from rlhf.data import left_pad
     from rlhf.rollout import Rollout
 
-    G, C = self.cfg.rollout.num_generations, self.cfg.rollout.max_new_tokens
+    G, C = self.s.num_generations, self.s.max_new_tokens
     pad = self.tokenizer.pad_token_id
-    ps = self.train_set.select(prompt_idx)
+    ps = self.prompt_set.select(prompt_idx)
     ids, mask = left_pad(ps.prompt_ids, pad)
     completion = torch.full((len(prompt_idx) * G, C), pad, dtype=torch.long)
     cmask = torch.zeros_like(completion)
@@ -53,7 +53,7 @@ def fixed_rollout(self, prompt_idx: list[int]):
         cmask.sum(-1) == C,
         texts,
         group_size=G,
-        temperature=self.cfg.rollout.temperature,
+        temperature=self.s.temperature,
     )
     return roll, ps
 
@@ -68,15 +68,16 @@ def lora_weights(trainer) -> dict[str, torch.Tensor]:
 
 
 def run(out: Path, overrides: list[str], round_trip: bool = True) -> dict:
-    import rlhf.trainer as trainer_mod
+    from rlhf.collector import Collector
     from rlhf.config import load_config
+    from rlhf.trainer import Trainer
 
-    real_rollout = trainer_mod.Trainer.rollout
-    trainer_mod.Trainer.rollout = fixed_rollout
+    real_rollout = Collector.rollout
+    Collector.rollout = fixed_rollout
     try:
-        return _run(trainer_mod.Trainer(load_config(RECIPE, [f"output_dir={out}", *overrides])), out, round_trip)
+        return _run(Trainer(load_config(RECIPE, [f"output_dir={out}", *overrides])), out, round_trip)
     finally:
-        trainer_mod.Trainer.rollout = real_rollout  # run in-process by a test: leave the class as it was
+        Collector.rollout = real_rollout  # run in-process by a test: leave the class as it was
 
 
 def _run(trainer, out: Path, round_trip: bool) -> dict:
