@@ -8,6 +8,12 @@ weight once, so a rollout cannot beat (decode steps x weight bytes / memory band
 estimates: they ignore attention, the KV cache, the prefill, optimizer work and kernel launch costs, and the machine
 numbers (bandwidth, peak FLOP/s) are defaults from this project's measurements unless given.
 
+Dtypes: the run is repeated in float32 and, where the machine computes it natively, bfloat16, and a closing table sets
+rollout and update tokens/s side by side with each dtype's measured matmul rate and the dtype `model.dtype: auto`
+picks here (`--dtypes float32,bfloat16` forces both, e.g. to see emulated bfloat16 on an AVX2-only CPU; a
+`model.dtype=...` override runs that one). On a CPU the peak FLOP/s of the bound is this machine's measured matmul
+rate in the run's dtype (`--peak-flops` overrides it).
+
 `--compare-trl` then runs scripts/bench_trl.py (TRL's GRPOTrainer, `pip install trl`) with the same completion length,
 prompts and group size, and prints both step times and the ratio ours/TRL (`--trl-json FILE` reuses a saved run).
 """
@@ -24,13 +30,13 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 import torch
 from torch import nn
 
 CPU_BANDWIDTH = 9e9  # B/s, memory copy measured on this project's 2-core machine (shared/DESIGN.md)
-CPU_PEAK_FLOPS = {torch.bfloat16: 2.2e12, torch.float16: 2.2e12, torch.float32: 4.3e11}  # matmul, same machine
 # Datasheet numbers (dense bf16 tensor-core FLOP/s, HBM bandwidth) for GPUs a run is likely to meet; others need flags.
 GPU_SPECS = {"H200": (4.8e12, 9.89e14), "H100": (3.35e12, 9.89e14), "A100": (2.0e12, 3.12e14)}
 STAGES = (("rollout", "time/rollout"), ("ref", "time/ref"), ("reward", "time/reward"), ("update", "time/train"))
@@ -88,10 +94,22 @@ def base_dtype(model: nn.Module) -> torch.dtype:
     return max(((p.dtype, p.numel()) for p in _base_params(model)), key=lambda x: x[1])[0]
 
 
+def matmul_flops(dtype: torch.dtype, size: int = 1024, seconds: float = 0.3) -> float:
+    """FLOP/s of a size x size matmul in `dtype` on this CPU with torch's threads, timed for about `seconds`."""
+    a, b = torch.randn(size, size, dtype=dtype), torch.randn(size, size, dtype=dtype)
+    a @ b
+    n, start = 0, time.perf_counter()
+    while (elapsed := time.perf_counter() - start) < seconds:
+        a @ b
+        n += 1
+    return 2 * size**3 * n / elapsed
+
+
 def machine_defaults(device: torch.device, dtype: torch.dtype) -> tuple[float | None, float | None]:
-    """(bandwidth B/s, peak FLOP/s) for this device: the measured CPU numbers, a datasheet GPU, or unknown."""
+    """(bandwidth B/s, peak FLOP/s) for this device: on a CPU the project's measured bandwidth and this machine's
+    matmul rate in `dtype` (CPUs differ 50x in bfloat16); a datasheet GPU; or unknown."""
     if device.type == "cpu":
-        return CPU_BANDWIDTH, CPU_PEAK_FLOPS.get(dtype, CPU_PEAK_FLOPS[torch.float32])
+        return CPU_BANDWIDTH, matmul_flops(dtype)
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else ""
     for key, (bw, flops) in GPU_SPECS.items():
         if key in name:
@@ -258,6 +276,54 @@ def format_table(res: dict) -> str:
     return "\n".join(lines)
 
 
+def dtypes_to_run(overrides: list[str], asked: str | None) -> list[str]:
+    """`--dtypes` as a list; by default float32 plus bfloat16 where it is native, or the one a model.dtype override
+    names."""
+    from rlhf.dtypes import DTYPES, native_bf16
+
+    if asked:
+        names = [d.strip() for d in asked.split(",") if d.strip()]
+        bad = [d for d in names if d not in DTYPES]
+        if bad:
+            raise SystemExit(f"--dtypes: {', '.join(bad)} not among {', '.join(DTYPES)}")
+        return names
+    if any(o.startswith("model.dtype=") for o in overrides):
+        return [next(o for o in overrides if o.startswith("model.dtype=")).split("=", 1)[1]]
+    return ["float32", "bfloat16"] if native_bf16().dtype == "bfloat16" else ["float32"]
+
+
+def dtype_summary(runs: dict[str, dict]) -> dict:
+    """Per dtype: matmul GFLOP/s (measured here, also for dtypes not run), rollout and update tokens/s, s/step; and
+    what `auto` picks and why."""
+    from rlhf.dtypes import DTYPES, native_bf16
+
+    choice = native_bf16()
+    rows = {}
+    for name in ("float32", "bfloat16"):
+        row = {"matmul_gflops": matmul_flops(DTYPES[name], seconds=0.2) / 1e9, "auto": name == choice.dtype}
+        if name in runs:
+            r = runs[name]
+            row |= {"gen_tokens_per_s": r["gen_tokens_per_s"], "trained_tokens_per_s": r["trained_tokens_per_s"]}
+            row |= {"step_s": r["step_s"]}
+        rows[name] = row
+    return {"auto": choice.dtype, "reason": choice.reason, "rows": rows}
+
+
+def format_dtypes(summary: dict) -> str:
+    lines = [
+        f"dtypes on this machine (model.dtype: auto picks {summary['auto']}: {summary['reason']})",
+        f"{'dtype':<10}{'matmul GFLOP/s':>16}{'rollout tok/s':>15}{'update tok/s':>14}{'s/step':>9}",
+    ]
+    for name, row in summary["rows"].items():
+        mark = "  <- auto" if row["auto"] else ""
+        if "step_s" in row:
+            cells = f"{row['gen_tokens_per_s']:>15.1f}{row['trained_tokens_per_s']:>14.1f}{row['step_s']:>9.2f}"
+        else:
+            cells = f"{'not run':>15}{'':>14}{'':>9}  (--dtypes float32,{name} runs it)"
+        lines.append(f"{name:<10}{row['matmul_gflops']:>16.1f}{cells}{mark}")
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(
         prog="python -m rlhf.benchmark", description="Time GRPO steps of a recipe against estimated lower bounds."
@@ -268,7 +334,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--steps", type=int, default=5, help="timed steps")
     p.add_argument("--json", action="store_true", help="print one JSON object instead of the table")
     p.add_argument("--bandwidth", type=float, default=None, help="memory bandwidth in B/s (CPU default 9e9)")
-    p.add_argument("--peak-flops", type=float, default=None, help="peak FLOP/s (CPU default 2.2e12 bf16, 4.3e11 fp32)")
+    p.add_argument("--peak-flops", type=float, default=None, help="peak FLOP/s (CPU default: a matmul timed here)")
+    p.add_argument(
+        "--dtypes",
+        default=None,
+        help="comma-separated dtypes to run, e.g. float32,bfloat16 (default: float32, plus bfloat16 where native)",
+    )
     p.add_argument("--compare-trl", action="store_true", help="also run scripts/bench_trl.py with the same shape")
     p.add_argument("--trl-json", default=None, help="a saved `bench_trl.py --json` result to compare against")
     a = p.parse_intermixed_args(argv)  # overrides may come before or after the options
@@ -276,15 +347,27 @@ def main(argv: list[str] | None = None) -> int:
         p.error("--warmup must be >= 0 and --steps >= 1")
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     # libraries print notices on stdout while loading (DeepSpeed's accelerator line); keep stdout for the result
+    names = dtypes_to_run(a.overrides, a.dtypes)
+    runs = {}
     with contextlib.redirect_stdout(sys.stderr):
-        res = benchmark(a.recipe, a.overrides, a.warmup, a.steps, a.bandwidth, a.peak_flops)
+        for name in names:
+            over = [o for o in a.overrides if not o.startswith("model.dtype=")] + [f"model.dtype={name}"]
+            runs[name] = benchmark(a.recipe, over, a.warmup, a.steps, a.bandwidth, a.peak_flops)
+    from rlhf.dtypes import resolve_dtype
+
+    auto = resolve_dtype("auto").dtype
+    res = dict(runs.get(auto) or runs[names[0]])  # the top-level numbers: the run in the dtype auto picks
+    res["dtypes"] = dtype_summary(runs)
     if a.trl_json:
         res["trl"] = json.loads(Path(a.trl_json).read_text().strip().splitlines()[-1])
     elif a.compare_trl:
         res["trl"] = run_trl(res, a.warmup, a.steps)
     if "trl" in res:
         res["ours_over_trl"] = res["step_s"] / res["trl"]["step_s"]
-    print(json.dumps(res) if a.json else format_table(res))
+    if a.json:
+        print(json.dumps(res))
+    else:
+        print("\n\n".join([*(format_table(r) for r in runs.values()), format_dtypes(res["dtypes"])]))
     return 0
 
 
