@@ -43,7 +43,7 @@ def _section(cls, prefix: str, out: list[str]) -> None:
 
 def _algorithm_table() -> list[str]:
     """The rows of rlhf.algorithms.ALGORITHMS: what each algorithm does and which keys only it (and its kin) read."""
-    from rlhf.algorithms import ALGORITHMS
+    from rlhf.algorithms import ALGORITHMS, KLPlace
 
     out = [
         "## algorithms",
@@ -56,10 +56,10 @@ def _algorithm_table() -> list[str]:
     ]
     for name, row in ALGORITHMS.items():
         keys = ", ".join(f"`{k}`" for k in row.knobs) or "-"
-        kl = "loss term" if row.kl == "loss" else "per-token reward"
+        kl = "loss term" if row.kl is KLPlace.LOSS else "per-token reward"
         out.append(
             f"| `{name}` | `{row.estimator.__name__}` | `{row.policy_loss.__name__}` | "
-            f"{'yes' if row.value_model else 'no'} | {kl} | {row.update} | {keys} |"
+            f"{'yes' if row.value_model else 'no'} | {kl} | {row.update.value} | {keys} |"
         )
     out += ["", *[f"- `{n}`: {row.summary}" for n, row in ALGORITHMS.items()], ""]
     return out

@@ -266,13 +266,8 @@ class AlgorithmConfig:
     """Advantage estimator and policy loss."""
 
     name: str = doc(
-        "Advantage estimator and update, a row of the algorithm table (`rlhf/algorithms.py`; the table at the end "
-        "of this page). grpo: group-normalised (DeepSeekMath, arXiv:2402.03300); rloo: leave-one-out baseline "
-        "(arXiv:2402.14740); reinforce: Monte-Carlo return, no baseline (Williams 1992); reinforce_baseline: minus "
-        "the batch-mean reward; reinforce_pp: returns whitened over the global batch (REINFORCE++, "
-        "arXiv:2501.03262); ppo: GAE on a learned value with per-token KL in the reward (Schulman 2017; Ziegler "
-        "2019); actor_critic: the same advantages, one on-policy gradient step; trpo: the same advantages, a "
-        "natural-gradient step inside a KL trust region (Schulman 2015).",
+        "Advantage estimator, policy loss and update: a row of the algorithm table (`rlhf/algorithms.py: "
+        "ALGORITHMS`); every row, what it does and the keys it reads are listed at the end of this page.",
         "grpo",
     )
     gamma: float = doc("Discount of returns (REINFORCE estimators, GAE); 1.0 = undiscounted.", 1.0)
@@ -281,8 +276,8 @@ class AlgorithmConfig:
         0.95,
     )
     beta: float = doc(
-        "KL-to-reference coefficient; 0 skips all reference work. A loss term for the grpo/rloo/reinforce family; a "
-        "per-token reward penalty for ppo/actor_critic/trpo (the initial value when kl_target is set).",
+        "KL-to-reference coefficient; 0 skips all reference work. A loss term or a per-token reward penalty (the "
+        "initial value when kl_target is set), as the algorithm's row says (`KL to reference` in the table below).",
         0.0,
     )
     kl_target: float | None = doc(
@@ -307,8 +302,8 @@ class AlgorithmConfig:
         None,
     )
     kl_estimator: Literal["k1", "k2", "k3"] | None = doc(
-        "Per-token estimator of KL(pi || pi_ref) (Schulman, 'Approximating KL divergence', 2020); none = k3 as a "
-        "loss term (grpo/rloo/reinforce family), k1 as a reward penalty (ppo/actor_critic/trpo).",
+        "Per-token estimator of KL(pi || pi_ref) (Schulman, 'Approximating KL divergence', 2020); none = k3 where "
+        "the row puts KL in the loss, k1 where it is a reward penalty.",
         None,
     )
     scale_by_std: bool = doc("Divide advantages by the std of the rewards; false = Dr. GRPO (arXiv:2503.20783).", True)

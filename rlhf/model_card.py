@@ -13,6 +13,8 @@ from typing import Any
 
 import yaml
 
+from rlhf.algorithms import DEFAULT_ALGORITHM
+
 # short names the trainer resolves locally -> their public hub ids (for loading snippets and the hub metadata)
 HUB_IDS = {"smollm2-135m-instruct": "HuggingFaceTB/SmolLM2-135M-Instruct"}
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
@@ -74,7 +76,7 @@ def render_model_card(
 ) -> str:
     """The card's markdown (front matter for the hub, then prose); `write_model_card` saves it."""
     hub_id = _hub_id(base_model)
-    algorithm = str(_get(config_dict, "algorithm.name") or "grpo").upper()
+    algorithm = str(_get(config_dict, "algorithm.name") or DEFAULT_ALGORITHM).upper()
     front = {"library_name": "peft", "tags": ["rlhf", algorithm.lower(), "lora", "peft"]}
     if hub_id:
         front["base_model"] = hub_id

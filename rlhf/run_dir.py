@@ -28,6 +28,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
+from rlhf.algorithms import ALGORITHMS
 from rlhf.config import ConfigError, flat_items
 
 log = logging.getLogger(__name__)
@@ -251,17 +252,6 @@ INCOMPATIBLE = (
     "data.split",
     "data.arithmetic.",
 )
-# algorithms that restore from each other's checkpoints: same trainable parameters and optimizer groups
-ALGORITHM_FAMILIES = {
-    "grpo": "policy-gradient",
-    "rloo": "policy-gradient",
-    "reinforce": "policy-gradient",
-    "reinforce_baseline": "policy-gradient",
-    "reinforce_pp": "policy-gradient",
-    "ppo": "value-model",
-    "actor_critic": "value-model",
-    "trpo": "trpo",  # its optimizer holds the value parameters only
-}
 # the frozen weights' dtype: a change is allowed (the trainable state is float32 whatever the base), with a warning
 DTYPE_KEYS = ("model.dtype:", "algorithm.teacher.dtype:")
 _UNSET = object()
@@ -273,9 +263,24 @@ def _show(v: Any) -> str:
     return json.dumps(v, default=str)
 
 
+def _trainable_state(name: Any) -> str:
+    """What a checkpoint of algorithm `name` holds (its row's `trainable_state`; an unknown name only itself)."""
+    row = ALGORITHMS.get(name)
+    return f"unknown algorithm {name!r}" if row is None else row.trainable_state
+
+
+def _algorithm_change(old: Any, new: Any) -> str | None:
+    """Why a checkpoint of algorithm `old` cannot resume as `new`, or None when it can: rows that train the same
+    parameters with the same optimizer groups restore from each other's checkpoints (read from `ALGORITHMS`)."""
+    was, now = _trainable_state(old), _trainable_state(new)
+    if was == now:
+        return None
+    return f"{old} trains {was}; {new} trains {now}"
+
+
 def _incompatible(key: str, old: Any, new: Any, extra: tuple[str, ...] = ()) -> bool:
     if key == "algorithm.name" and key not in extra:
-        return ALGORITHM_FAMILIES.get(old, old) != ALGORITHM_FAMILIES.get(new, new)
+        return _algorithm_change(old, new) is not None
     return any(key == k or (k.endswith(".") and key.startswith(k)) for k in (*INCOMPATIBLE, *extra))
 
 
@@ -285,10 +290,11 @@ def check_resume_config(
     """Compare the configuration a checkpoint was written with (`saved`, a nested dict) with the new run's.
 
     Raises ResumeConfigError listing `key: old -> new` for every change the checkpoint cannot follow (INCOMPATIBLE,
-    and algorithm.name across ALGORITHM_FAMILIES) with the two ways on. Returns the other changes as `key: old -> new`
-    lines (unknown keys count as compatible). `source` names the checkpoint in the message. `extra_incompatible`
-    adds keys (a trailing "." covers a section) that this run cannot change, e.g. eval.num_samples, eval.path and
-    eval.split when the evaluation rows were held out of the training file (they decide the training rows)."""
+    and algorithm.name between rows that train other parameters, with the reason) with the two ways on. Returns the
+    other changes as `key: old -> new` lines (unknown keys count as compatible). `source` names the checkpoint in
+    the message. `extra_incompatible` adds keys (a trailing "." covers a section) that this run cannot change, e.g.
+    eval.num_samples, eval.path and eval.split when the evaluation rows were held out of the training file (they
+    decide the training rows)."""
     a, b = flat_items(saved), flat_items(new)
     extra = tuple(extra_incompatible)
     bad, changes = [], []
@@ -297,7 +303,11 @@ def check_resume_config(
         if old == cur:
             continue
         line = f"{key}: {_show(old)} -> {_show(cur)}"
-        (bad if _incompatible(key, old, cur, extra) else changes).append(line)
+        if _incompatible(key, old, cur, extra):
+            why = _algorithm_change(old, cur) if key == "algorithm.name" else None
+            bad.append(line if why is None else f"{line} ({why})")
+        else:
+            changes.append(line)
     for line in changes:
         if line.startswith(DTYPE_KEYS):  # e.g. a bf16 run resumed on a CPU without native bf16 (`auto` resolves there)
             log.warning(

@@ -65,6 +65,19 @@ def test_resumed_run_equals_uninterrupted_run(tiny_model_dir, tmp_path):
     _assert_same_rows(full, part)
 
 
+@pytest.mark.parametrize("name", ["gspo", "cispo", "sapo"])
+def test_a_grpo_checkpoint_resumes_as_a_kin_loss(name, tiny_model_dir, tmp_path):
+    """Same trainable parameters and optimizer groups (the rows say so): the run goes on with the other loss, and
+    the change is written to the run's history."""
+    out = tmp_path / "run"
+    Trainer(load_config(RECIPE, _over(tiny_model_dir, out, "train.max_steps=1", "eval.every=0"))).train()
+    more = ("train.max_steps=2", "eval.every=0", f"algorithm.name={name}", "train.resume_from=latest")
+    Trainer(load_config(RECIPE, _over(tiny_model_dir, out, *more))).train()
+    assert [r["step"] for r in _metrics(out)] == [1, 2]
+    (history,) = [json.loads(line) for line in (out / "history.jsonl").read_text().splitlines()]
+    assert f'algorithm.name: "grpo" -> "{name}"' in history["changes"]
+
+
 PPO = REPO / "recipes" / "ppo_arithmetic_smollm2.yaml"
 # running state beyond the adapter: the value head, the adaptive KL coefficient and running reward statistics
 PPO_STATE = (

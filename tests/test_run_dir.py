@@ -200,16 +200,35 @@ def test_compatible_changes_are_returned():
 
 @pytest.mark.parametrize(
     "old, new, ok",
-    [("grpo", "rloo", True), ("ppo", "actor_critic", True), ("grpo", "ppo", False), ("ppo", "trpo", False)],
+    [
+        ("grpo", "rloo", True),
+        ("grpo", "gspo", True),
+        ("grpo", "cispo", True),
+        ("grpo", "sapo", True),
+        ("ppo", "actor_critic", True),
+        ("grpo", "ppo", False),
+        ("ppo", "grpo", False),
+        ("ppo", "trpo", False),
+    ],
 )
 def test_algorithm_changes_within_a_family_only(old, new, ok):
+    """Rows that train the same parameters with the same optimizer groups (read from ALGORITHMS, no list of names
+    of its own) restore from each other's checkpoints; otherwise the refusal says what each one trains."""
     saved = to_dict(load_config(None, [f"algorithm.name={old}"]))
     cur = to_dict(load_config(None, [f"algorithm.name={new}"]))
     if ok:
         assert check_resume_config(saved, cur) == [f'algorithm.name: "{old}" -> "{new}"']
     else:
-        with pytest.raises(ResumeConfigError, match=f'algorithm.name: "{old}" -> "{new}"'):
+        with pytest.raises(ResumeConfigError, match=f'algorithm.name: "{old}" -> "{new}" \\({old} trains the') as e:
             check_resume_config(saved, cur)
+        assert "value model" in str(e.value)
+
+
+def test_every_algorithm_has_a_resume_family():
+    from rlhf.algorithms import ALGORITHMS
+
+    families = {row.trainable_state for row in ALGORITHMS.values()}
+    assert len(families) == 3  # the adapter alone; adapter + value model; TRPO's value-only optimizer
 
 
 def test_every_incompatible_key_is_a_config_key():
