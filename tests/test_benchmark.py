@@ -113,3 +113,19 @@ def test_dtypes_to_run(monkeypatch):
     text = format_dtypes(summary)
     assert "auto picks float32: emulated here" in text and "<- auto" in text.splitlines()[2]
     assert "not run" in text.splitlines()[3]
+
+
+def test_gpu_check_script_summarises_a_run(tiny_model_dir, tmp_path):
+    """scripts/gpu_check.py's arithmetic, run on the CPU with the tiny model (no GPU here)."""
+    import subprocess
+    import sys
+
+    script = Path(__file__).resolve().parents[1] / "scripts" / "gpu_check.py"
+    over = [f"model.path={tiny_model_dir}", "train.prompts_per_step=2", "train.micro_batch_size=4"]
+    over += ["rollout.num_generations=4", "rollout.max_new_tokens=4", "eval.num_samples=4", "algorithm.draw_prompts=2"]
+    cmd = [sys.executable, str(script), "--cpu", "--steps", "3", "--output-dir", str(tmp_path), *over]
+    res = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr[-3000:]
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert summary["steps"] == 3 and summary["update_tflops"] > 0 and summary["rollout_tokens_per_s"] > 0
+    assert [s for s, _ in summary["accuracy"]] == [0, 3] and "held-out accuracy: step 0:" in res.stdout
