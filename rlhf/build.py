@@ -9,11 +9,12 @@ import logging
 import torch
 from torch import nn
 
+from rlhf.algorithms import KLPlace
 from rlhf.config import ArithmeticConfig, Config
 from rlhf.data import arithmetic_problems, build_prompt_set, load_eval_rows, load_rows, rename_columns
 from rlhf.models import set_attention
+from rlhf.objective import UpdateSettings
 from rlhf.run_utils import lr_lambda
-from rlhf.update import UpdateSettings
 
 log = logging.getLogger("rlhf")
 
@@ -125,7 +126,7 @@ def build_update_settings(cfg: Config, spec) -> UpdateSettings:
         loss_agg=a.loss_agg,
         max_len=cfg.rollout.max_new_tokens,
         beta=a.beta,
-        kl_in_loss=spec.kl == "loss",
+        kl_in_loss=spec.kl is KLPlace.LOSS,
         kl_estimator=a.kl_estimator or spec.default_kl_estimator,
         target_kl=a.target_kl,
         value_coef=cfg.value.coef,
