@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install install-sandbox install-reasoning install-vllm demo test test-vllm lint format clean
+.PHONY: install install-sandbox install-reasoning install-vllm demo test test-fast test-vllm lint format clean
 
 install: $(STAMP) install-sandbox
 
@@ -64,8 +64,13 @@ lint: install
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 
+# the whole suite; the slowest tests are marked `slow` (real-model training, multi-process, every recipe), and
+# `make test-fast` leaves them out for a quick check while working (a few minutes on 2 cores)
 test: lint
-	$(BIN)/python -m pytest -q tests
+	$(BIN)/python -m pytest -q --durations=15 tests
+
+test-fast: lint
+	$(BIN)/python -m pytest -q -m "not slow" --durations=10 tests
 
 # the vLLM engine's tests, in the vLLM environment (they skip in .venv)
 test-vllm: install-vllm
