@@ -30,11 +30,12 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import torch
 from torch import nn
+
+from rlhf.dtypes import matmul_flops
 
 CPU_BANDWIDTH = 9e9  # B/s, memory copy measured on this project's 2-core machine (shared/DESIGN.md)
 # Datasheet numbers (dense bf16 tensor-core FLOP/s, HBM bandwidth) for GPUs a run is likely to meet; others need flags.
@@ -94,22 +95,11 @@ def base_dtype(model: nn.Module) -> torch.dtype:
     return max(((p.dtype, p.numel()) for p in _base_params(model)), key=lambda x: x[1])[0]
 
 
-def matmul_flops(dtype: torch.dtype, size: int = 1024, seconds: float = 0.3) -> float:
-    """FLOP/s of a size x size matmul in `dtype` on this CPU with torch's threads, timed for about `seconds`."""
-    a, b = torch.randn(size, size, dtype=dtype), torch.randn(size, size, dtype=dtype)
-    a @ b
-    n, start = 0, time.perf_counter()
-    while (elapsed := time.perf_counter() - start) < seconds:
-        a @ b
-        n += 1
-    return 2 * size**3 * n / elapsed
-
-
 def machine_defaults(device: torch.device, dtype: torch.dtype) -> tuple[float | None, float | None]:
     """(bandwidth B/s, peak FLOP/s) for this device: on a CPU the project's measured bandwidth and this machine's
     matmul rate in `dtype` (CPUs differ 50x in bfloat16); a datasheet GPU; or unknown."""
     if device.type == "cpu":
-        return CPU_BANDWIDTH, matmul_flops(dtype)
+        return CPU_BANDWIDTH, matmul_flops(dtype, 1024, 1024, 1024, seconds=0.3)
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else ""
     for key, (bw, flops) in GPU_SPECS.items():
         if key in name:
@@ -300,7 +290,8 @@ def dtype_summary(runs: dict[str, dict]) -> dict:
     choice = native_bf16()
     rows = {}
     for name in ("float32", "bfloat16"):
-        row = {"matmul_gflops": matmul_flops(DTYPES[name], seconds=0.2) / 1e9, "auto": name == choice.dtype}
+        gflops = matmul_flops(DTYPES[name], 1024, 1024, 1024, seconds=0.2) / 1e9
+        row = {"matmul_gflops": gflops, "auto": name == choice.dtype}
         if name in runs:
             r = runs[name]
             row |= {"gen_tokens_per_s": r["gen_tokens_per_s"], "trained_tokens_per_s": r["trained_tokens_per_s"]}

@@ -71,21 +71,22 @@ def torch_may_use_bf16_units() -> bool:
     return onednn and torch.backends.cpu.get_cpu_capability().startswith("AVX512")
 
 
-def _matmul_rate(dtype: torch.dtype, seconds: float) -> float:
-    """Matmuls per second of a 256x576 @ 576x1536 product in `dtype` (one warm-up call first)."""
-    a, b = torch.randn(256, 576, dtype=dtype), torch.randn(576, 1536, dtype=dtype)
+def matmul_flops(dtype: torch.dtype, m: int = 256, k: int = 576, n: int = 1536, seconds: float = 0.025) -> float:
+    """FLOP/s of an [m, k] @ [k, n] matmul in `dtype` with torch's threads, timed for about `seconds` after one
+    warm-up call (the default shape is a SmolLM2 MLP projection of 256 tokens)."""
+    a, b = torch.randn(m, k, dtype=dtype), torch.randn(k, n, dtype=dtype)
     a @ b
-    n, start = 0, time.perf_counter()
+    calls, start = 0, time.perf_counter()
     while (elapsed := time.perf_counter() - start) < seconds:
         a @ b
-        n += 1
-    return n / elapsed
+        calls += 1
+    return 2 * m * k * n * calls / elapsed
 
 
 @functools.cache
 def bf16_speedup(seconds: float = 0.025) -> float:
     """bfloat16 matmul throughput over float32 on this CPU, timed once per process (~2 x `seconds`)."""
-    return _matmul_rate(torch.bfloat16, seconds) / _matmul_rate(torch.float32, seconds)
+    return matmul_flops(torch.bfloat16, seconds=seconds) / matmul_flops(torch.float32, seconds=seconds)
 
 
 def native_bf16(device: str | torch.device = "cpu", flags: set[str] | None | str = "read") -> Choice:
