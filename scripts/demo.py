@@ -72,6 +72,7 @@ def main(overrides: list[str]) -> int:
     algo = cfg.algorithm.name.upper() + (" + dynamic sampling" if cfg.algorithm.dynamic_sampling else "")
     print(
         f"{algo} on two-digit addition, SmolLM2-135M-Instruct + LoRA r={cfg.model.lora.r}, {cfg.train.max_steps} steps"
+        f", {cfg.model.dtype}"
     )
     print(f"held-out accuracy (greedy, {len(reworded)} problems never trained on):")
     print(f"  step {evals[0][0]:>3}: {evals[0][1]:6.1%}   (before training)")
