@@ -114,6 +114,17 @@ def lora_plus_groups(named: list[tuple[str, nn.Parameter]], lr: float, ratio: fl
     return [{"params": [p for n, p in named if "lora_B" not in n]}, {"params": b, "lr": lr * ratio}]
 
 
+ASYNC_TIS_CAP = 2.0  # the cap of Yao et al. 2025, the default when rollouts run ahead of the update
+
+
+def tis_cap(cap: float | None, max_staleness: int) -> float | None:
+    """algorithm.tis_cap as the loss reads it: 0 = off; none = off, or ASYNC_TIS_CAP with asynchronous rollouts
+    (the old log-probs are then the sampling version's and the weights correct the sampler against the trainer)."""
+    if cap == 0:
+        return None
+    return ASYNC_TIS_CAP if cap is None and max_staleness > 0 else cap
+
+
 def build_update_settings(cfg: Config, spec) -> UpdateSettings:
     """What the minibatch update reads, from the recipe and the algorithm's row."""
     a = cfg.algorithm
@@ -134,7 +145,7 @@ def build_update_settings(cfg: Config, spec) -> UpdateSettings:
         uses_value=spec.value_model,
         max_grad_norm=cfg.optim.max_grad_norm,
         entropy_coef=a.entropy_coef,
-        tis_cap=a.tis_cap,
+        tis_cap=tis_cap(a.tis_cap, cfg.train.max_staleness),
         tis_seq_threshold=a.tis_seq_threshold,
     )
 

@@ -245,10 +245,12 @@ def save_checkpoint(
     *,
     trainable_module: nn.Module | None = None,
     config: dict[str, Any] | None = None,
+    tensors: dict[str, dict[str, torch.Tensor]] | None = None,
 ) -> Path:
     """Every rank calls this (it gathers ZeRO-3 shards and DeepSpeed writes one shard per rank); rank 0 writes the
     shared files, each rank its RNG state. With `trainable_module`, its requires_grad parameters go to
-    trainable.safetensors as well; with `config` (the run's configuration as a nested dict), it goes to config.yaml.
+    trainable.safetensors as well; with `config` (the run's configuration as a nested dict), it goes to config.yaml;
+    `tensors` maps file names to named tensors rank 0 writes as safetensors (the rollout worker's weight snapshots).
 
     keep_last: this checkpoint and the newest keep_last - 1 with a smaller step are kept, older ones deleted (0: keep
     all). A checkpoint with a larger step than this one is never deleted: this run did not write it (see `_prune`).
@@ -268,6 +270,10 @@ def save_checkpoint(
     _write_optimizer(writes, tmp, accelerator, engine, optimizer)
     if main:
         _write_run_files(writes, tmp, step, scheduler, trainer_state, config)
+        for name, named in (tensors or {}).items():
+            from safetensors.torch import save_file
+
+            writes.run(tmp / name, lambda name=name, named=named: save_file(named, str(tmp / name)))
     rng_file = tmp / f"rng-rank{accelerator.process_index}.pt"
     writes.run(rng_file, lambda: torch.save(rng_state(), rng_file))
     fail_together(accelerator, writes, root, tmp, final)

@@ -295,9 +295,9 @@ def validate(cfg: Config) -> None:
     need(a.clip_ratio_c is None or a.clip_ratio_c > 1, "algorithm.clip_ratio_c must be > 1 (3.0 is usual) or none")
     need(a.tau_pos > 0 and a.tau_neg > 0, "algorithm.tau_pos and tau_neg must be > 0")
     need(a.entropy_coef >= 0, "algorithm.entropy_coef must be >= 0 (0 = off)")
-    need(a.tis_cap is None or a.tis_cap > 0, "algorithm.tis_cap must be > 0 (2.0 is usual) or none")
+    need(a.tis_cap is None or a.tis_cap >= 0, "algorithm.tis_cap must be > 0 (2.0 is usual), 0 (off) or none")
     need(
-        a.tis_seq_threshold is None or (a.tis_seq_threshold > 0 and a.tis_cap is not None),
+        a.tis_seq_threshold is None or (a.tis_seq_threshold > 0 and a.tis_cap != 0 and (a.tis_cap or t.max_staleness)),
         "algorithm.tis_seq_threshold must be > 0 and needs algorithm.tis_cap",
     )
     need(a.max_refills >= 0, "algorithm.max_refills must be >= 0")
@@ -337,13 +337,22 @@ def validate(cfg: Config) -> None:
             f"rewards[{i}].fn = {spec.fn!r}: write it as `package.module:function` or `file.py:function`",
         )
         need(spec.timeout > 0, f"rewards[{i}].timeout must be > 0 seconds")
+        need(spec.batch_size >= 0, f"rewards[{i}].batch_size must be >= 0 (0 = the whole batch in one call)")
+        need(spec.max_concurrency >= 0, f"rewards[{i}].max_concurrency must be >= 0 (0 = no limit)")
     ev = cfg.env
     need(ev.max_turns >= 1, "env.max_turns must be >= 1")
     need(ev.max_tokens >= 1, "env.max_tokens must be >= 1 (episode tokens after the prompt)")
     need(
-        ev.name is not None or (not ev.kwargs and not ev.tools),
+        ev.name is not None or ev.factory is not None or (not ev.kwargs and not ev.tools),
         "env.kwargs / env.tools are set but env.name is not: name the environment (e.g. env.name=tools)",
     )
+    need(
+        ev.factory is None or (ev.name is None and not ev.tools),
+        "env.factory makes the environment and its tools: leave env.name and env.tools unset",
+    )
+    factories = ev.factory.values() if isinstance(ev.factory, dict) else [ev.factory] if ev.factory else []
+    for path in factories:
+        need(":" in str(path), f"env.factory {path!r}: write it as `package.module:Class` or `file.py:Class`")
     bad_ops = set(cfg.data.arithmetic.operators) - {"+", "-", "*"}
     need(not bad_ops, f"data.arithmetic.operators: {sorted(bad_ops)} not supported; use any of + - *")
     ar = cfg.data.arithmetic
@@ -356,6 +365,8 @@ def validate(cfg: Config) -> None:
         f"data.arithmetic: {ar.num_train} train + {ar.num_eval} eval problems exceed the {space} distinct ones; "
         "widen the operand range or ask for fewer",
     )
+    from rlhf.agents.checks import check_agent_config  # the agent section (rlhf/agents/)
+    check_agent_config(cfg)
 
 
 def flat_items(tree: Any, prefix: str = "") -> dict[str, Any]:

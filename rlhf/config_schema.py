@@ -192,6 +192,17 @@ class RewardSpec:
     )
     timeout: float = doc("Seconds one call (one batch) may take before it counts as hung.", 120.0)
     name: str | None = doc("Name in the metrics (`reward/<name>`); defaults to the function's name.", None)
+    batch_size: int = doc(
+        "Rows per call: 0 = every row of the rank's batch in one call (TRL's convention), k = calls of at most k rows "
+        "(1 = one call per row, each with one-element lists); the timeout is per call.",
+        0,
+    )
+    max_concurrency: int = doc(
+        "An `async def` reward function's calls in flight at once (its batch_size chunks, and the row-by-row retry "
+        "of a failed call), awaited concurrently in one event loop as TRL awaits async rewards; 0 = no limit. "
+        "Synchronous functions run one call at a time.",
+        0,
+    )
 
 
 @dataclass
@@ -204,6 +215,13 @@ class EnvConfig:
         "A name in `rlhf.envs.ENVIRONMENTS` (`tools`: the policy calls `env.tools` by writing calls, a turn without a "
         "call is its answer; `single_turn`: one turn and done) or an import path `pkg.module:Class` / "
         "`file.py:Class` implementing `rlhf.envs.Environment`; none = single-turn episodes without an environment.",
+        None,
+    )
+    factory: str | dict[str, str] | None = doc(
+        "An environment class written for TRL's `environment_factory` (GRPOTrainer), used unchanged: `pkg.module:Class`"
+        " / `file.py:Class` (one instance per episode, made with env.kwargs; `reset(**row)`, its other public methods "
+        "are the tools, optional `get_reward()` and `close()`), or a mapping {name: path} with a dataset column "
+        "`environment` naming each row's; excludes env.name and env.tools (rlhf/envs/factory.py).",
         None,
     )
     kwargs: dict[str, Any] = doc(
@@ -228,6 +246,43 @@ class EnvConfig:
         "Weight of the environment's reward (summed over the episode's turns) in the episode's score, added to the "
         "weighted reward functions, which score the last turn's text.",
         1.0,
+    )
+
+
+@dataclass
+class AgentConfig:
+    """A black-box agent program trained through an OpenAI-compatible endpoint the trainer serves (the proxy design
+    of TRL's async trainer with OpenEnv, verifiers, AReaL's OpenAIProxyWorkflow, SkyRL's proxy_url and ART). Each
+    episode is one call `run(base_url, row, api_key=..., model=...)`; its requests to `base_url` are sampled from the
+    current policy through `rollout.engine` and recorded token by token (rlhf/agents/). A section of its own, beside
+    `env`, because it replaces the episode loop, not the engine: the engine still samples. Unset run = off."""
+
+    run: str | None = doc(
+        "The agent: an import path `pkg.module:run_agent` or `file.py:run_agent` of a function "
+        "`run_agent(base_url, row, api_key, model=..., **kwargs) -> reward | None` (use `OpenAI(base_url=base_url, "
+        "api_key=api_key)`); `row` holds the dataset columns, `prompt` and `messages`. Its reward adds to the reward "
+        "functions' (which score its last reply) with reward_weight; None adds nothing. Excludes env.name.",
+        None,
+    )
+    kwargs: dict[str, Any] = doc("Keyword arguments passed to every call of the agent.", factory=dict)
+    timeout_s: float = doc(
+        "Wall-clock seconds one agent run may take; past it the episode fails (agent/timeouts) and its calls are "
+        "refused.",
+        120.0,
+    )
+    max_workers: int = doc("Agent runs at once on each rank (threads); the others wait for a free one.", 16)
+    max_calls: int = doc("Endpoint calls one episode may make; later ones are refused (HTTP 429).", 8)
+    max_tokens: int = doc(
+        "Token budget of an episode's sequence after its first prompt (sampled and inserted tokens); a call past it "
+        "is refused (HTTP 400), and each call's max_tokens is cut to what is left and to rollout.max_new_tokens.",
+        512,
+    )
+    reward_weight: float = doc("Weight of the reward the agent returns, added to the reward functions'.", 1.0)
+    save_traces: bool = doc(
+        "Append every draw's traces to <output_dir>/traces/rank<r>.jsonl: per episode the contract (prompt_ids, "
+        "response_ids, loss_mask, response_logprobs, model_version, reward), its replies and its failure, and the "
+        "draw's engine calls.",
+        False,
     )
 
 
@@ -332,7 +387,8 @@ class AlgorithmConfig:
     tis_cap: float | None = doc(
         "Off-policy correction between the sampler and the trainer (truncated importance sampling, Yao et al. 2025, "
         "'Your efficient RL framework secretly brings you off-policy RL training'): each token's loss is weighted by "
-        "min(exp(old_logp - behaviour_logp), cap); none = off. The mismatch is logged either way (rollout/mismatch_*).",
+        "min(exp(old_logp - behaviour_logp), cap); none = off (2.0 with train.max_staleness >= 1), 0 = off always. The "
+        "mismatch is logged either way (rollout/mismatch_*).",
         None,
     )
     tis_seq_threshold: float | None = doc(
@@ -435,6 +491,19 @@ class TrainConfig:
         "Steps in a row whose loss or gradient is not finite (each skipped, weights untouched) before the run stops.",
         3,
     )
+    max_staleness: int = doc(
+        "Asynchronous rollouts: while step t trains, a rollout worker generates the batches of the next steps from a "
+        "snapshot of the weights, so a batch is trained on weights at most this many steps newer than those it was "
+        "sampled with (bounded staleness: AReaL, Fu et al. 2025, arXiv:2505.24298; verl's one-step-off trainer; "
+        "prime-rl's max_async_level). 0 = generate then train (synchronous). With >= 1 the clip ratio is taken "
+        "against the sampling policy and algorithm.tis_cap defaults to 2 (README: Asynchronous rollouts).",
+        0,
+    )
+    rollout_timeout: float = doc(
+        "With max_staleness >= 1: seconds one batch may spend in the rollout worker before the run stops with an "
+        "error naming what the worker was doing (a hung engine, reward or environment never hangs the run).",
+        1800.0,
+    )
 
 
 @dataclass
@@ -480,6 +549,7 @@ class Config:
         "Reward functions.", factory=lambda: [RewardSpec(fn="reward_models.numeric:numeric_answer_reward")]
     )
     env: EnvConfig = doc("Multi-turn environment (none = single-turn).", factory=EnvConfig)
+    agent: AgentConfig = doc("An agent program over the OpenAI-compatible endpoint (none = off).", factory=AgentConfig)
     algorithm: AlgorithmConfig = doc("Algorithm.", factory=AlgorithmConfig)
     value: ValueConfig = doc("Value model (ppo, actor_critic, trpo).", factory=ValueConfig)
     optim: OptimConfig = doc("Optimizer.", factory=OptimConfig)

@@ -83,9 +83,12 @@ def to_messages(row: dict, prompt_column: str, system_prompt: str | None, prompt
     return messages
 
 
-def encode_prompt(tokenizer, messages: list[dict]) -> list[int]:
+def encode_prompt(tokenizer, messages: list[dict], tools: list[dict] | None = None) -> list[int]:
+    """[P] prompt ids: the chat template's rendering with the generation prompt (`tools`: JSON schemas the template
+    describes, when given), or the messages' text joined by newlines for a tokenizer without a template."""
     if getattr(tokenizer, "chat_template", None):
-        ids = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True)
+        extra = {"tools": tools} if tools else {}
+        ids = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True, **extra)
         if isinstance(ids, dict) or hasattr(ids, "keys"):
             ids = ids["input_ids"]
         return list(ids)
@@ -207,11 +210,15 @@ def left_pad(seqs: list[list[int]], pad_id: int) -> tuple[Tensor, Tensor]:
 
 
 class PromptSampler:
-    """Seeded, epoch-wise shuffled order over prompt indices; its position is part of a checkpoint."""
+    """Seeded, epoch-wise shuffled order over prompt indices; its position is part of a checkpoint.
+
+    `queued` holds prompts drawn before a checkpoint but not trained on (asynchronous rollouts run ahead of the
+    update, `rlhf.async_rollout`); take() hands them out first, so a resumed run trains each exactly once."""
 
     def __init__(self, n: int, seed: int, shuffle: bool = True):
         self.n, self.seed, self.shuffle = n, seed, shuffle
         self.epoch, self.pos = 0, 0
+        self.queued: list[int] = []
         self._order = self._make_order()
 
     def _make_order(self) -> list[int]:
@@ -221,7 +228,8 @@ class PromptSampler:
         return order
 
     def take(self, k: int) -> list[int]:
-        out = []
+        out = self.queued[:k]
+        self.queued = self.queued[k:]
         while len(out) < k:
             if self.pos >= self.n:
                 self.epoch, self.pos = self.epoch + 1, 0
@@ -231,8 +239,9 @@ class PromptSampler:
         return out
 
     def state_dict(self) -> dict:
-        return {"epoch": self.epoch, "pos": self.pos}
+        return {"epoch": self.epoch, "pos": self.pos, **({"queued": list(self.queued)} if self.queued else {})}
 
     def load_state_dict(self, state: dict) -> None:
         self.epoch, self.pos = int(state["epoch"]), int(state["pos"])
+        self.queued = [int(i) for i in state.get("queued", [])]
         self._order = self._make_order()

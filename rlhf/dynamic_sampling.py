@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from torch import Tensor
@@ -38,6 +38,7 @@ class Draw:
     time_reward: float = 0.0
     trainable: Tensor | None = None  # [B] bool: rows that train (False on filler groups); None = all
     episode_stats: dict[str, Tensor] | None = None  # {key: [B]} per-episode numbers of multi-turn episodes
+    prompt_ids: list[int] = field(default_factory=list)  # global indices of the prompts drawn (every rank's)
 
 
 def select_rows(draws: list[Draw], rows: list[int], trainable: list[bool], pad_id: int) -> Draw:
@@ -57,6 +58,7 @@ def select_rows(draws: list[Draw], rows: list[int], trainable: list[bool], pad_i
         episode_stats=None
         if draws[0].episode_stats is None
         else {k: torch.cat([d.episode_stats[k] for d in draws])[idx] for k in draws[0].episode_stats},
+        prompt_ids=[i for d in draws for i in d.prompt_ids],
     )
 
 

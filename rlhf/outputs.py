@@ -46,6 +46,7 @@ class RunOutputs:
         self.reward_names, self.trainable_module = reward_names, trainable_module
         self.out = Path(cfg.output_dir)
         self.is_main = accelerator.is_main_process
+        self.tensors: Callable[[], dict] | None = None  # {file name: {name: tensor}} saved with each checkpoint
 
     def step_done(self, step: int, metrics: dict, prompts: list[str], roll, rewards: Tensor, bar) -> None:
         """The console line, the progress bar and (every logging.samples_every steps) a few samples."""
@@ -77,6 +78,7 @@ class RunOutputs:
             keep_last=self.cfg.train.keep_last,
             trainable_module=self.trainable_module,
             config=to_dict(self.cfg),
+            tensors=None if self.tensors is None else self.tensors(),
         )
         if self.is_main:
             log.info("checkpoint saved to %s", path)
@@ -137,8 +139,8 @@ class RunOutputs:
 def episode_metrics(acc, stats: dict[str, Tensor], env_rewards: Tensor) -> dict[str, float]:
     """Multi-turn episodes over every rank: `env/<key>` means of the per-episode numbers (turns, observation tokens,
     the environment's metrics, e.g. `env/called_tool` = the fraction of episodes that called a tool) and
-    `env/reward`, the environment's reward."""
-    m = {f"env/{k}": all_gather_cat(acc, v.float()).mean().item() for k, v in stats.items()}
+    `env/reward`, the environment's reward. A key with its own prefix keeps it (`agent/failed`)."""
+    m = {(k if "/" in k else f"env/{k}"): all_gather_cat(acc, v.float()).mean().item() for k, v in stats.items()}
     m["env/reward"] = all_gather_cat(acc, env_rewards.float()).mean().item()
     return m
 

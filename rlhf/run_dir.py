@@ -44,6 +44,7 @@ RUN_FILES = (
     "config.yaml",
     "history.jsonl",
     "tracking",
+    "trained_prompts.jsonl",
 )
 
 

@@ -39,6 +39,7 @@ class StepRecord:
     metrics: dict[str, float] = field(
         default_factory=dict
     )  # time/rollout, time/reward, time/ref, throughput, dynamic/*
+    prompt_ids: tuple[int, ...] = ()  # global indices of the prompts drawn for this step (every rank's)
 
     def advantage_inputs(self, kl_coef: float, reward_stats: RunningMoments) -> AdvantageInputs:
         """The estimator's view, with the run's state as it is before this step (read, not changed)."""

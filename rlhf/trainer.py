@@ -18,7 +18,9 @@ import time
 from pathlib import Path
 
 from rlhf.accuracy import greedy_eval
+from rlhf.agents import build_agent_runner
 from rlhf.algorithms import UpdateKind, get_algorithm
+from rlhf.async_rollout import build_rollouts, check_async, rollout_copy
 from rlhf.batch import StepBatch
 from rlhf.build import build_datasets, build_optimizer, build_teacher, build_update_settings, build_value_model
 from rlhf.checkpoint import apply_hyperparameters, load_checkpoint, read_checkpoint_config, resolve_resume
@@ -65,6 +67,7 @@ class Trainer:
         # Sequences per rank per optimizer step and the micro-batches they split into fix the accumulation count.
         self.accelerator = acc = make_accelerator(1, available_trackers(cfg.logging.report_to), str(self.out))
         check_world(cfg, acc.num_processes)
+        check_async(cfg, acc, spec.update)
         self.prompts_per_rank = t.prompts_per_step // acc.num_processes
         self.micro_batches = math.ceil(self.prompts_per_rank * cfg.rollout.num_generations / t.micro_batch_size)
         acc.gradient_accumulation_steps = self.micro_batches
@@ -85,13 +88,15 @@ class Trainer:
         self.tokenizer = load_tokenizer(m.path, m.trust_remote_code)
         self.train_set, self.eval_set = build_datasets(cfg, self.tokenizer)
         self.reward_fns = build_reward_functions(cfg.rewards)
+        self.has_env = cfg.env.name is not None or cfg.env.factory is not None  # episodes with an environment
         for ps in (self.train_set, self.eval_set):
             if ps is not None:  # every argument a reward function names must be a column (or a call keyword)
-                check_reward_signatures(self.reward_fns, list(ps.columns))
+                check_reward_signatures(self.reward_fns, list(ps.columns), environments=self.has_env)
         self.sampler = PromptSampler(len(self.train_set), cfg.seed, cfg.data.shuffle)
         self.episodes = self.episode_runner()
 
         self.peft_model = model = self.build_policy_model()
+        twin = rollout_copy(model) if t.max_staleness else model  # what the engine decodes with (rlhf.async_rollout)
         self.is_deepspeed = is_deepspeed(acc)
         if spec.update is UpdateKind.TRPO and self.is_deepspeed:
             raise ConfigError(
@@ -120,21 +125,19 @@ class Trainer:
         self.stats = BatchStats(total=lambda x: all_sum(acc, x), gather=lambda x: all_gather_cat(acc, x))
         r = cfg.rollout
         self.engine = build_engine(
-            r.engine, model=model, tokenizer=self.tokenizer, accelerator=acc, merge_adapter=r.merge_adapter,
+            r.engine, model=twin, tokenizer=self.tokenizer, accelerator=acc,
+            merge_adapter=r.merge_adapter and not t.max_staleness,
             batch_size=r.batch_size, **engine_options(r.engine, r),
         )  # fmt: skip
         self.collector = self.build_collector()
+        self.rollouts = build_rollouts(cfg, acc, self.collector, self.sampler, model, twin, self.policy)
         self.estimate = build_estimator(cfg, spec)
         self.loop, self.eval_settings = build_loop_settings(cfg, spec), build_eval_settings(cfg)
         self.trpo = build_trpo_settings(cfg) if spec.update is UpdateKind.TRPO else None
         self.updater = Updater(
-            acc,
-            self.policy,
-            self.optimizer,
-            self.scheduler,
-            build_update_settings(cfg, spec),
-            self.engine.weights_updated,
-        )
+            acc, self.policy, self.optimizer, self.scheduler, build_update_settings(cfg, spec),
+            (lambda: None) if t.max_staleness else self.engine.weights_updated,  # the worker syncs its own copy
+        )  # fmt: skip
         self.start_step = self.resume()
         if acc.log_with:
             acc.init_trackers("tracking", config=flat_config(cfg))
@@ -143,6 +146,7 @@ class Trainer:
             cfg, recipe, acc, model, self.optimizer, self.scheduler, self.tokenizer, self.writer, self.resumable_state,
             [rf.name for rf in self.reward_fns], trainable_module=self.policy if spec.value_model else None,
         )  # fmt: skip
+        self.outputs.tensors = self.rollouts.tensors
 
     # ------------------------------------------------------------------------------------------------ building
     def build_policy_model(self):
@@ -162,14 +166,17 @@ class Trainer:
         """Multi-turn episodes when the recipe names an environment (None: single-turn). Ranks agree on each turn
         (`any_running` is an all-reduce) so that they make the same number of engine calls."""
         e, acc = self.cfg.env, self.accelerator
-        if e.name is None:
+        if self.cfg.agent.run is not None:  # an agent program over the OpenAI-compatible endpoint (rlhf/agents/)
+            return build_agent_runner(self.cfg, self.tokenizer, acc)
+        if not self.has_env:
             return None
         any_running = None
         if acc.num_processes > 1:
             any_running = lambda flag: all_sum(acc, float(flag)).item() > 0  # noqa: E731
+        columns = [ps.columns for ps in (self.train_set, self.eval_set) if ps is not None]
         return EpisodeRunner(
-            build_env(e.name, e.kwargs, e.tools), self.tokenizer, e.max_turns, e.max_tokens, e.reward_weight,
-            self.cfg.data.system_prompt, any_running,
+            build_env(e.name, e.kwargs, e.tools, e.factory, self.tokenizer, columns), self.tokenizer, e.max_turns,
+            e.max_tokens, e.reward_weight, self.cfg.data.system_prompt, any_running,
         )  # fmt: skip
 
     def build_collector(self) -> Collector:
@@ -193,7 +200,7 @@ class Trainer:
 
     def resumable_state(self) -> dict:
         return {
-            "sampler": self.sampler.state_dict(),
+            **self.rollouts.state(),  # the sampler, and the prompts drawn ahead and not yet trained on
             "kl_ctl": self.kl_ctl.state_dict(),
             "reward_stats": self.reward_stats.state_dict(),
         }
@@ -206,22 +213,17 @@ class Trainer:
         lrs = list(self.scheduler.base_lrs)  # this run's peak rates, before the checkpoint's replace them
         # the value head / critic is restored with the adapter (trainable.safetensors)
         state = load_checkpoint(
-            resume,
-            self.accelerator,
-            self.peft_model,
-            self.optimizer,
-            self.scheduler,
+            resume, self.accelerator, self.peft_model, self.optimizer, self.scheduler,
             trainable_module=self.policy if self.spec.value_model else None,
-        )
+        )  # fmt: skip
         o = self.cfg.optim
-        apply_hyperparameters(
-            self.optimizer, self.scheduler, lrs, betas=o.betas, eps=o.eps, weight_decay=o.weight_decay
-        )
+        hyper = dict(betas=o.betas, eps=o.eps, weight_decay=o.weight_decay)
+        apply_hyperparameters(self.optimizer, self.scheduler, lrs, **hyper)
         if self.resume_changes:
             log.info("resuming with changed settings: %s", "; ".join(self.resume_changes))
             if self.is_main:
                 append_history(self.out, state["step"], self.resume_changes)
-        self.sampler.load_state_dict(state["sampler"])
+        self.rollouts.load_state(state, resume)
         if "kl_ctl" in state:
             self.kl_ctl.load_state_dict(state["kl_ctl"])
             self.reward_stats.load_state_dict(state["reward_stats"])
@@ -244,6 +246,7 @@ class Trainer:
                         last_metrics.update(self.evaluate(step=0))
                 except StopNow:
                     return self.stop_before(1, self.step_start_state(), stop, last_metrics, "the step-0 evaluation")
+            self.rollouts.start(self.start_step)
             t_start, step = time.perf_counter(), self.start_step
 
             for step in range(self.start_step + 1, loop.max_steps + 1):
@@ -253,7 +256,7 @@ class Trainer:
                 # the last completed step, so on a stop request this work is dropped and that step saved
                 try:
                     with stop.abortable():
-                        record = self.collector.collect()
+                        record = self.rollouts.take(step)
                 except StopNow:
                     return self.stop_before(step, before, stop, last_metrics)
                 if acc.num_processes > 1 and all_sum(acc, float(stop.requested)).item() > 0:
@@ -276,6 +279,7 @@ class Trainer:
                         f"{self.out / 'checkpoints'} is intact"
                     )
                 metrics["time/train"] = time.perf_counter() - t0
+                self.rollouts.trained(step, record)  # with max_staleness: the batch of step + K + 1 is queued
 
                 # 7. log, evaluate, checkpoint
                 ending = self.step_done(step, record, metrics, t_step, t_start, stop, bar, last_metrics)
@@ -288,6 +292,7 @@ class Trainer:
             stop.restore()
             if bar:
                 bar.close()  # so an error message starts on a line of its own
+            self.rollouts.close()
             self.engine.close()
             if self.run_lock is not None:
                 self.run_lock.release()
@@ -344,12 +349,8 @@ class Trainer:
         self.sampler.load_state_dict(sampler_state)
         set_rng_state(rng)
         done = step - 1
-        log.warning(
-            "stop requested (%s) during %s: its unfinished work is dropped; saving step %d and exiting",
-            stop.name,
-            where or f"step {step}",
-            done,
-        )
+        msg = "stop requested (%s) during %s: its unfinished work is dropped; saving step %d and exiting"
+        log.warning(msg, stop.name, where or f"step {step}", done)
         if not (self.out / "checkpoints" / f"step-{done:06d}" / "COMPLETE").is_file():
             self.outputs.save(done)
         return last_metrics
@@ -376,20 +377,16 @@ class Trainer:
         """Greedy held-out accuracy through the same engine; logged at `step` when given."""
         e = self.eval_settings
         self.policy.eval()
-        metrics, _ = greedy_eval(
-            self.engine, self.eval_set, self.reward_fns, e.max_new_tokens, e.batch_size, e.success_threshold,
-            self.accelerator, episodes=self.episodes, stop=list(e.stop),
-        )  # fmt: skip
+        with self.rollouts.evaluation():  # with max_staleness: the worker's engine, the current weights
+            metrics, _ = greedy_eval(
+                self.engine, self.eval_set, self.reward_fns, e.max_new_tokens, e.batch_size, e.success_threshold,
+                self.accelerator, episodes=self.episodes, stop=list(e.stop),
+            )  # fmt: skip
         if step is not None:
             self.writer.log(metrics, step)
             if self.is_main:
-                log.info(
-                    "step %d eval accuracy %.3f (%d prompts, %.1fs)",
-                    step,
-                    metrics["eval/accuracy"],
-                    metrics["eval/num_samples"],
-                    metrics["time/eval"],
-                )
+                n, seconds = metrics["eval/num_samples"], metrics["time/eval"]
+                log.info("step %d eval accuracy %.3f (%d prompts, %.1fs)", step, metrics["eval/accuracy"], n, seconds)
         return metrics
 
 

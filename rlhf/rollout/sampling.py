@@ -35,16 +35,16 @@ def sample_next(logits: Tensor, params: SamplingParams) -> tuple[Tensor, Tensor]
         filtered = filtered.masked_fill(drop, -math.inf)
     # untruncated: the probabilities are exp(logp), no second softmax over the vocabulary
     probs = logp.exp() if filtered is scaled else filtered.softmax(-1)
-    tokens = _sample_categorical(probs)
+    tokens = _sample_categorical(probs, params.generator)
     return tokens, logp.gather(-1, tokens[:, None]).squeeze(-1)
 
 
-def _sample_categorical(probs: Tensor) -> Tensor:
+def _sample_categorical(probs: Tensor, generator: torch.Generator | None = None) -> Tensor:
     """One draw per row by inverting the CDF: B uniform numbers instead of `multinomial`'s B x V exponential draws,
     which took a quarter of each decoding step over a 49k vocabulary on CPU. Zero-probability tokens are never picked:
     the CDF does not rise at them and the search takes the first index where it exceeds u."""
     cdf = probs.cumsum(-1)
-    u = torch.rand(probs.shape[0], 1, dtype=cdf.dtype, device=cdf.device) * cdf[:, -1:]
+    u = torch.rand(probs.shape[0], 1, dtype=cdf.dtype, device=cdf.device, generator=generator) * cdf[:, -1:]
     return torch.searchsorted(cdf, u, right=True).squeeze(-1).clamp(max=probs.shape[-1] - 1)
 
 

@@ -23,6 +23,9 @@ class SamplingParams:
     top_k: int = 0
     greedy: bool = False
     stop: list[str] = field(default_factory=list)
+    # the sampler's random numbers (None: torch's global generator); a rollout worker thread brings its own, seeded
+    # per batch, so that its draws neither race with the trainer's nor depend on when it runs
+    generator: torch.Generator | None = None
 
     @property
     def logprob_temperature(self) -> float:

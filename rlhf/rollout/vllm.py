@@ -154,7 +154,7 @@ class VLLMEngine:
         a per-call batch_size is ignored."""
         from vllm.inputs import TokensPrompt
 
-        seed = int(torch.randint(0, 2**30, (1,)).item())  # from the trainer's generator: seeded and resumable
+        seed = int(torch.randint(0, 2**30, (1,), generator=sampling.generator).item())  # seeded and resumable
         params = [self.sampling_params(sampling, group_size, seed + i * group_size) for i in range(len(prompts))]
         outputs = self.llm.generate(
             [TokensPrompt(prompt_token_ids=list(p)) for p in prompts],
