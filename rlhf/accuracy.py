@@ -71,11 +71,11 @@ def greedy_eval(
     idx = list(range(rank, len(prompts), world))
     shard = prompts.select(idx)
     params = SamplingParams(max_new_tokens=max_new_tokens, greedy=True, stop=list(stop or []))
-    out, scoring, env_stats = None, {}, {}
+    out, scoring, env_stats, ep = None, {}, {}, None
     if episodes is not None and (len(shard) or world > 1):  # an empty shard still keeps the ranks in lockstep
         ep = episodes.run(engine, shard, 1, params, batch_size=batch_size)
         out = ep.rollout if len(shard) else None
-        scoring = {"completions": ep.final_texts, "extra": {"env": (ep.env_rewards, episodes.reward_weight)}}
+        scoring = ep.scoring(episodes.reward_weight)
         env_stats = {k: v.sum().item() for k, v in ep.stats.items()}
     elif len(shard):
         out = engine.generate(shard.prompt_ids, 1, params, batch_size=batch_size)
@@ -90,12 +90,14 @@ def greedy_eval(
             rows.append(
                 {"prompt": shard.texts[i], "completion": text, "reward": total[i].item(), "correct": bool(ok[i])}
             )
+    if ep is not None:
+        ep.close()  # after the rewards, which may read the environments
     n = len(prompts)
     if accelerator is not None:
         correct, reward_sum = all_sum(accelerator, correct).item(), all_sum(accelerator, reward_sum).item()
     if accelerator is not None:
         env_stats = {k: all_sum(accelerator, v).item() for k, v in sorted(env_stats.items())}
-    metrics = {f"eval/env/{k}": v / max(n, 1) for k, v in env_stats.items()}
+    metrics = {f"eval/{k}" if "/" in k else f"eval/env/{k}": v / max(n, 1) for k, v in env_stats.items()}
     metrics |= {
         "eval/accuracy": correct / max(n, 1),
         "eval/reward_mean": reward_sum / max(n, 1),

@@ -35,6 +35,7 @@ from rlhf.config_schema import (
 )
 from rlhf.config_schema import doc as doc
 from rlhf.dtypes import resolve_recipe_dtypes
+from rlhf.envs.registry import env_config_problem
 
 __all__ = [
     "AlgorithmConfig",
@@ -337,22 +338,10 @@ def validate(cfg: Config) -> None:
             f"rewards[{i}].fn = {spec.fn!r}: write it as `package.module:function` or `file.py:function`",
         )
         need(spec.timeout > 0, f"rewards[{i}].timeout must be > 0 seconds")
-        need(spec.batch_size >= 0, f"rewards[{i}].batch_size must be >= 0 (0 = the whole batch in one call)")
-        need(spec.max_concurrency >= 0, f"rewards[{i}].max_concurrency must be >= 0 (0 = no limit)")
+        need(min(spec.batch_size, spec.max_concurrency) >= 0, f"rewards[{i}].batch_size, max_concurrency must be >= 0")
     ev = cfg.env
-    need(ev.max_turns >= 1, "env.max_turns must be >= 1")
-    need(ev.max_tokens >= 1, "env.max_tokens must be >= 1 (episode tokens after the prompt)")
-    need(
-        ev.name is not None or ev.factory is not None or (not ev.kwargs and not ev.tools),
-        "env.kwargs / env.tools are set but env.name is not: name the environment (e.g. env.name=tools)",
-    )
-    need(
-        ev.factory is None or (ev.name is None and not ev.tools),
-        "env.factory makes the environment and its tools: leave env.name and env.tools unset",
-    )
-    factories = ev.factory.values() if isinstance(ev.factory, dict) else [ev.factory] if ev.factory else []
-    for path in factories:
-        need(":" in str(path), f"env.factory {path!r}: write it as `package.module:Class` or `file.py:Class`")
+    problem = env_config_problem(ev.name, ev.factory, ev.kwargs, ev.tools, ev.max_turns, ev.max_tokens)
+    need(problem is None, str(problem))
     bad_ops = set(cfg.data.arithmetic.operators) - {"+", "-", "*"}
     need(not bad_ops, f"data.arithmetic.operators: {sorted(bad_ops)} not supported; use any of + - *")
     ar = cfg.data.arithmetic

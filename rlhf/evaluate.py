@@ -166,15 +166,19 @@ def recipe_eval_setup(args: argparse.Namespace, cfg, tokenizer, accelerator):
     args.max_new_tokens = args.max_new_tokens_given or cfg.eval.max_new_tokens or cfg.rollout.max_new_tokens
     episodes = None
     e = cfg.env
-    if e.name is not None:
+    if cfg.agent.run is not None:  # the recipe's agent program, through the endpoint (rlhf/agents/)
+        from rlhf.agents import build_agent_runner
+
+        episodes = build_agent_runner(cfg, tokenizer, accelerator)
+    if e.name is not None or e.factory is not None:
         any_running = None
         if accelerator.num_processes > 1:
             any_running = lambda flag: all_sum(accelerator, float(flag)).item() > 0  # noqa: E731
-        make_env = build_env(e.name, e.kwargs, e.tools)
+        make_env = build_env(e.name, e.kwargs, e.tools, e.factory, tokenizer, [prompts.columns])
         episodes = EpisodeRunner(
             make_env, tokenizer, e.max_turns, e.max_tokens, e.reward_weight, cfg.data.system_prompt, any_running
         )
-    where = f"held-out prompts of {args.recipe}" + (f" with env {e.name}" if e.name else "")
+    where = f"held-out prompts of {args.recipe}" + (f" with env {e.name or e.factory}" if e.name or e.factory else "")
     return prompts, reward_fns, episodes, where
 
 
@@ -200,7 +204,7 @@ def run(args: argparse.Namespace) -> dict:
             rows, tokenizer, args.prompt_column, args.system_prompt, args.prompt_template, args.max_prompt_tokens
         )
         reward_fns = build_reward_functions([RewardSpec(fn=args.reward)])
-    check_reward_signatures(reward_fns, list(prompts.columns))
+    check_reward_signatures(reward_fns, list(prompts.columns), environments=episodes is not None)
     extractor_name, extract = answer_extractor(args.dataset, args.reward)
     model, peft_model = load_model(args.model, args.adapter, args.dtype, args.attn_implementation)
     load_s = time.perf_counter() - start

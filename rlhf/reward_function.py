@@ -1,12 +1,15 @@
 """One reward function as the trainer calls it (the contract is in `rlhf.rewards`): which keywords it takes and
 whether prompts and completions go first by position, the call in a daemon thread under its timeout, the values
 checked (one finite float or None per row), and a failing batch retried row by row so the error names a row.
+The rows go in `batch_size` chunks (one call for all by default); async functions are awaited by
+`rlhf.reward_async`, which uses the same pieces (`call_args`, `chunks`, `settle_rows`, `_fail`).
 
 Also the names every call shares: `PASSED_NAMES`, `RewardError`, `as_text`, `call_inputs`, `to_float`.
 """
 
 from __future__ import annotations
 
+import asyncio
 import inspect
 import logging
 import math
@@ -19,7 +22,16 @@ from typing import Any
 import torch
 from torch import Tensor
 
-__all__ = ["PASSED_NAMES", "RewardError", "RewardFunction", "as_text", "call_inputs", "to_float"]
+__all__ = [
+    "PASSED_NAMES",
+    "RewardError",
+    "RewardFunction",
+    "as_text",
+    "call_inputs",
+    "is_async_callable",
+    "row_slice",
+    "to_float",
+]
 
 log = logging.getLogger("rlhf")
 
@@ -108,6 +120,32 @@ def to_float(v: Any) -> float | None:
     return None
 
 
+def is_async_callable(fn: Any) -> bool:
+    """An `async def` function (or a partial of one), or an object whose `__call__` is `async def`."""
+    if inspect.iscoroutinefunction(fn):
+        return True
+    if inspect.isfunction(fn) or inspect.ismethod(fn) or inspect.isclass(fn):
+        return False
+    call = next((c.__dict__["__call__"] for c in type(fn).__mro__ if "__call__" in c.__dict__), None)
+    return inspect.iscoroutinefunction(call)
+
+
+def _resolved(value: Any) -> Any:
+    """A call's result; an awaitable one (a coroutine returned by a function not declared async) run to its value."""
+    if not inspect.isawaitable(value):
+        return value
+
+    async def wait() -> Any:
+        return await value
+
+    return asyncio.run(wait())
+
+
+def row_slice(inputs: dict[str, list], lo: int, hi: int) -> dict[str, list]:
+    """Rows [lo, hi) of every keyword list."""
+    return {k: v[lo:hi] for k, v in inputs.items()}
+
+
 @dataclass
 class RewardFunction:
     fn: Callable[..., Any]
@@ -117,9 +155,16 @@ class RewardFunction:
     timeout: float = 120.0
     errors: int = 0  # rows scored 0 because of an error or timeout (cumulative)
     kwargs: dict[str, Any] = field(default_factory=dict)  # passed to every call (a function's recipe kwargs)
+    batch_size: int = 0  # rows per call (0: every row of the batch in one call)
+    max_concurrency: int = 0  # an async function's calls in flight at once (0: no limit)
     _plans: dict = field(default_factory=dict, repr=False)
     _abandoned: list = field(default_factory=list, repr=False)  # threads of timed-out calls, maybe still running
     _warned: set = field(default_factory=set, repr=False)
+
+    @property
+    def is_async(self) -> bool:
+        """Whether calls are awaited (concurrently, in `rlhf.reward_async`) rather than run in a thread one by one."""
+        return is_async_callable(self.fn)
 
     def plan(self, available: Iterable[str]) -> _CallPlan:
         key = frozenset(available) | frozenset(self.kwargs)
@@ -140,7 +185,8 @@ class RewardFunction:
             )
         return None
 
-    def _invoke(self, inputs: dict[str, list]) -> Any:
+    def call_args(self, inputs: dict[str, list]) -> tuple[tuple, dict]:
+        """(positional, keyword) arguments of one call on `inputs`; RewardError when the signature cannot take them."""
         problem = self.signature_problem(inputs, set(inputs) - set(PASSED_NAMES))
         if problem:
             raise RewardError(problem)
@@ -151,7 +197,10 @@ class RewardFunction:
             args = (kwargs.pop("prompts"), kwargs.pop("completions"))
         if plan.names is not None:
             kwargs = {k: v for k, v in kwargs.items() if k in plan.names}
-        return self._run(args, kwargs)
+        return args, kwargs
+
+    def _invoke(self, inputs: dict[str, list]) -> Any:
+        return self._run(*self.call_args(inputs))
 
     def _run(self, args: tuple, kwargs: dict) -> Any:
         # A daemon thread gives a wall-clock limit that works off the main thread and on every rank. A hung call cannot
@@ -164,7 +213,7 @@ class RewardFunction:
             try:
                 if device is not None:
                     torch.cuda.set_device(device)
-                box["out"] = self.fn(*args, **kwargs)
+                box["out"] = _resolved(self.fn(*args, **kwargs))
             except BaseException as e:  # handed to the caller's thread
                 box["err"] = e
             finally:
@@ -175,12 +224,15 @@ class RewardFunction:
         if not done.wait(self.timeout):
             self._abandoned = [t for t in self._abandoned if t.is_alive()] + [thread]
             raise TimeoutError(
-                f"took longer than its timeout of {self.timeout:g}s (rewards[].timeout); the call is abandoned "
-                f"({len(self._abandoned)} of its calls still running in the background)"
+                f"{self.timeout_text()}; the call is abandoned ({len(self._abandoned)} of its calls still running in "
+                "the background)"
             )
         if "err" in box:
             raise box["err"]
         return box["out"]
+
+    def timeout_text(self) -> str:
+        return f"took longer than its timeout of {self.timeout:g}s (rewards[].timeout)"
 
     def __call__(
         self,
@@ -194,43 +246,68 @@ class RewardFunction:
         message list per completion) the function sees the conversational form, as TRL passes it."""
         return self._score(call_inputs(prompts, completions, columns, completion_ids, prompt_messages), prompts)
 
+    def chunks(self, n: int) -> list[tuple[int, int]]:
+        """The calls' row ranges [lo, hi) over n rows (`batch_size` rows each; one call for 0)."""
+        size = self.batch_size if self.batch_size > 0 else max(n, 1)
+        return [(lo, min(lo + size, n)) for lo in range(0, n, size)]
+
     def _score(self, inputs: dict[str, list], prompt_texts: list) -> list[float | None]:
-        n = len(inputs["completions"])
-        try:
-            scores = self._check(self._invoke(inputs), n)
-        except TimeoutError as e:
-            first = f", the first prompt {as_text(prompt_texts[0])[:80]!r}" if prompt_texts else ""
-            rows = f"the batch of {n} rows (rows 0-{n - 1}{first})"
-            return self._fail(e, rows, n)
-        except RewardError:
-            raise
-        except Exception as e:
-            scores = self._per_row(inputs, prompt_texts, e)
-        if n and all(v is None for v in scores) and "all_none" not in self._warned:
+        """The synchronous path: the calls one after the other, each in a thread under the timeout."""
+        scores: list[float | None] = []
+        for lo, hi in self.chunks(len(inputs["completions"])):
+            part, texts = row_slice(inputs, lo, hi), prompt_texts[lo:hi]
+            try:
+                scores += self._check(self._invoke(part), hi - lo)
+            except TimeoutError as e:
+                scores += self._fail(e, self.rows_text(texts, lo), hi - lo)
+            except RewardError:
+                raise
+            except Exception as e:
+                rows = []
+                for i in range(hi - lo):
+                    try:
+                        rows.append(self._check(self._invoke(row_slice(part, i, i + 1)), 1))
+                    except RewardError:
+                        raise
+                    except Exception as row_error:  # raises here under on_error: raise
+                        rows.append(self._fail(row_error, self.row_text(texts, lo, i), 1))
+                scores += self.settle_rows(rows, e, texts, lo)
+        self.warn_if_all_none(scores, inputs)
+        return scores
+
+    def rows_text(self, prompt_texts: list, offset: int) -> str:
+        """`the batch of n rows (rows a-b, the first prompt '...')` for an error message."""
+        n = len(prompt_texts)
+        first = f", the first prompt {as_text(prompt_texts[0])[:80]!r}" if prompt_texts else ""
+        return f"the batch of {n} rows (rows {offset}-{offset + n - 1}{first})"
+
+    def row_text(self, prompt_texts: list, offset: int, i: int) -> str:
+        return f"row {offset + i} (prompt {as_text(prompt_texts[i])[:80]!r})"
+
+    def settle_rows(self, rows: list, batch_error: Exception, prompt_texts: list, offset: int) -> list[float | None]:
+        """A failed call retried row by row (`rows`: each row's one score, or its exception), so the message names a
+        row and on_error: zero spares the good rows."""
+        scores: list[float | None] = []
+        for i, row in enumerate(rows):
+            if isinstance(row, BaseException):
+                scores += self._fail(row, self.row_text(prompt_texts, offset, i), 1)
+            else:
+                scores += row
+        if self.on_error == "raise":  # every row alone succeeded: the failure is in batching
+            where = f"the batch of {len(rows)} rows (each row alone succeeds)"
+            return self._fail(batch_error, where, len(rows))
+        return scores
+
+    def warn_if_all_none(self, scores: list[float | None], inputs: dict[str, list]) -> None:
+        if scores and all(v is None for v in scores) and "all_none" not in self._warned:
             self._warned.add("all_none")
             log.warning(
                 "reward function %r returned None for every row of a batch of %d: it adds nothing to the reward. "
                 "If that is not intended, check that it applies to this dataset (columns: %s). Warned once.",
                 self.name,
-                n,
+                len(scores),
                 ", ".join(sorted(set(inputs) - set(PASSED_NAMES))) or "(none)",
             )
-        return scores
-
-    def _per_row(self, inputs: dict[str, list], prompt_texts: list, batch_error: Exception) -> list[float | None]:
-        # Find the rows that fail, so the message names one and on_error: zero spares the good rows.
-        n = len(inputs["completions"])
-        scores: list[float | None] = []
-        for i in range(n):
-            try:
-                scores.extend(self._check(self._invoke({k: v[i : i + 1] for k, v in inputs.items()}), 1))
-            except RewardError:
-                raise
-            except Exception as e:
-                scores.extend(self._fail(e, f"row {i} (prompt {as_text(prompt_texts[i])[:80]!r})", 1))
-        if self.on_error == "raise":  # every row alone succeeded: the failure is in batching
-            return self._fail(batch_error, f"the batch of {n} rows (each row alone succeeds)", n)
-        return scores
 
     def _fail(self, e: BaseException, where: str, n: int) -> list[float]:
         if self.on_error == "zero":

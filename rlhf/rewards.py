@@ -37,6 +37,14 @@ function, the rows and the cause (`on_error: raise`), or scores those rows 0 and
 process alive at exit; it cannot be killed, so a function that may hang while holding the interpreter lock (a
 runaway regular expression) or on a resource it shares with later calls should do that work in a subprocess.
 
+Async: an `async def` function (or an instance whose `__call__` is `async def`) is awaited, its calls concurrent with
+the other async functions' in one event loop and with the synchronous functions (`rlhf.reward_async`), under the
+same timeout and `on_error` rules; `batch_size` splits a batch into calls of that many rows and `max_concurrency`
+caps an async function's calls in flight.
+
+Environments: in a run with an environment, a function that accepts `environments` (or `**kwargs`) receives the
+episodes' environment instances, one per completion (for `env.factory`, the factory's instances), as TRL passes them.
+
 Metrics: a reward function or instance may have a `metrics()` method returning `{key: float}`; `reward_metrics`
 collects them as `reward/<name>/<key>` for the training log each step.
 """
@@ -55,6 +63,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from rlhf.reward_async import AsyncScoring
 from rlhf.reward_function import PASSED_NAMES, RewardError, RewardFunction, as_text, call_inputs, to_float
 
 __all__ = [
@@ -71,6 +80,7 @@ __all__ = [
 ]
 
 log = logging.getLogger("rlhf")
+ENVIRONMENTS = "environments"  # the keyword that hands reward functions the episodes' environment instances
 
 
 def import_object(path: str, label: str | None = None, error: type[Exception] = RewardError) -> Any:
@@ -102,7 +112,8 @@ def import_object(path: str, label: str | None = None, error: type[Exception] = 
 
 
 def build_reward_functions(specs: list) -> list[RewardFunction]:
-    """From recipe entries (objects with fn, weight, kwargs, on_error, timeout, name) to callables."""
+    """From recipe entries (objects with fn, weight, kwargs, on_error, timeout, name; batch_size and max_concurrency
+    when they have them) to callables."""
     out = []
     for spec in specs:
         obj = import_object(spec.fn)
@@ -112,7 +123,16 @@ def build_reward_functions(specs: list) -> list[RewardFunction]:
         else:
             fn, call_kwargs, default_name = obj, kwargs, getattr(obj, "__name__", spec.fn)
         out.append(
-            RewardFunction(fn, spec.name or default_name, spec.weight, spec.on_error, spec.timeout, kwargs=call_kwargs)
+            RewardFunction(
+                fn,
+                spec.name or default_name,
+                spec.weight,
+                spec.on_error,
+                spec.timeout,
+                kwargs=call_kwargs,
+                batch_size=getattr(spec, "batch_size", 0),
+                max_concurrency=getattr(spec, "max_concurrency", 0),
+            )  # fmt: skip
         )
     names = [r.name for r in out]
     if len(set(names)) != len(names):
@@ -120,19 +140,24 @@ def build_reward_functions(specs: list) -> list[RewardFunction]:
     return out
 
 
-def check_reward_signatures(reward_fns: list[RewardFunction], columns: list[str]) -> None:
+def check_reward_signatures(reward_fns: list[RewardFunction], columns: list[str], environments: bool = False) -> None:
     """Before any model loads: every function can be called with what a step passes (prompts, completions,
-    completion_ids, completion_length, these dataset columns, its recipe kwargs), else a RewardError naming the
-    function, the missing argument and the columns there are."""
-    clash = sorted(set(columns) & set(PASSED_NAMES))
+    completion_ids, completion_length, these dataset columns, its recipe kwargs, and `environments` when the
+    episodes have an environment), else a RewardError naming the function, the missing argument and the columns."""
+    clash = sorted(set(columns) & {*PASSED_NAMES, ENVIRONMENTS})
     if clash:
         raise RewardError(
             f"the dataset has columns named {', '.join(clash)}, which reward functions receive from the trainer "
             "instead; rename them with data.rename_columns"
         )
-    available = set(PASSED_NAMES) | set(columns)
+    available = set(PASSED_NAMES) | set(columns) | ({ENVIRONMENTS} if environments else set())
     for rf in reward_fns:
         problem = rf.signature_problem(available, columns)
+        if problem and not environments and ENVIRONMENTS in rf.plan(available).missing:
+            problem = (
+                f"reward `{rf.name}` needs `{ENVIRONMENTS}`, the episodes' environment instances, which only a run "
+                "with an environment passes (env.factory or env.name)"
+            )
         if problem:
             raise RewardError(problem)
 
@@ -172,14 +197,19 @@ def score(
     """Weighted sum of all reward functions: (total [N] float32, {name: [N] float32 with NaN where None}).
 
     Every list has one row per completion. `prompt_messages` (chat message lists) makes the call conversational:
-    the functions get them as `prompts` and each completion as `[{"role": "assistant", "content": text}]`."""
+    the functions get them as `prompts` and each completion as `[{"role": "assistant", "content": text}]`. Async
+    functions are awaited concurrently in one event loop while the synchronous ones run (`rlhf.reward_async`)."""
     n = len(completions)
     inputs = call_inputs(prompts, completions, columns, completion_ids, prompt_messages)
+    async_fns = [rf for rf in reward_fns if rf.is_async]
+    pending = AsyncScoring(async_fns, inputs, prompts) if async_fns and n else None
+    values = {rf.name: rf._score(inputs, prompts) for rf in reward_fns if pending is None or not rf.is_async}
+    if pending is not None:
+        values |= pending.result()
     total = torch.zeros(n, dtype=torch.float32)
     per_fn = {}
-    for rf in reward_fns:
-        values = rf._score(inputs, prompts)
-        t = torch.tensor([math.nan if v is None else v for v in values], dtype=torch.float32)
+    for rf in reward_fns:  # summed in the recipe's order, whichever finished first
+        t = torch.tensor([math.nan if v is None else v for v in values[rf.name]], dtype=torch.float32)
         per_fn[rf.name] = t
         total += rf.weight * torch.nan_to_num(t, nan=0.0)
     return total, per_fn
@@ -194,18 +224,22 @@ def score_rollout(
     prompt_messages: list | None = None,
     completions: list[str] | None = None,
     extra: dict[str, tuple[Tensor, float]] | None = None,
+    environments: list | None = None,
 ) -> tuple[Tensor, dict[str, Tensor], list[str]]:
     """Score a rollout of `group_size` completions per prompt: each prompt's text and dataset columns are repeated
     for its completions; `completion_ids` (the rollout's tokens, without padding) and `completion_length` (tokens,
     with the final EOS) are added. `prompt_messages`, one chat message list per prompt, is given for a
     conversational dataset (see `score`). `completions` replaces the rollout's texts as what the functions score
     (a multi-turn episode's last turn). `extra` adds rewards computed elsewhere, {name: ([N] values, weight)} (an
-    environment's), to the total and to the per-name results. Returns (total [N], per-function [N] each, the
-    repeated prompt texts)."""
+    environment's), to the total and to the per-name results. `environments` ([N], one per completion) reach the
+    functions that accept an `environments` keyword (TRL's `environment_factory` convention). Returns (total [N],
+    per-function [N] each, the repeated prompt texts)."""
     repeat = lambda values: [v for v in values for _ in range(group_size)]
     repeated = repeat(prompts)
     cols = {key: repeat(vals) for key, vals in columns.items()}
     cols["completion_length"] = rollout.lengths.tolist()
+    if environments is not None:
+        cols[ENVIRONMENTS] = list(environments)
     ids = getattr(rollout, "completion_ids", None)
     completion_ids = None
     if ids is not None:

@@ -13,6 +13,12 @@ episode runner (`rlhf.rollout.episodes`):
   logged as `env/<key>`).
 - optional attribute `stop_strings: list[str]`: strings that end a turn (e.g. a tool call's closing tag), added to
   `rollout.stop` while decoding.
+- optional attribute `tool_schemas: list[dict]`, read after `reset`: JSON schemas of tools (OpenAI function format)
+  passed to the chat template as `tools=` when the first prompt is rendered.
+- optional `final_reward() -> float`: called once after the episode's last turn, however it ended (done, max_turns,
+  token budget); added to the turns' rewards.
+- optional `close()`: called once per episode after the step's rewards are computed (or when the episodes fail).
+- optional attribute `unwrapped`: what reward functions receive in `environments=` (default: the environment).
 
 A single-turn task is the degenerate environment (`SingleTurnEnv`: the row's messages, then done after one turn,
 reward 0), so the recipe's reward functions and an environment's reward compose: the episode's score is the weighted

@@ -19,6 +19,10 @@ cost grows with turns x history length, acceptable at a few turns of short obser
 The episode's ids are the concatenation of sampled and observation ids; `action_mask` is 1 exactly on sampled ids and
 the behaviour log-probs are the engine's on sampled ids, 0 on observation ids. A prompt's G episodes stay consecutive.
 
+An environment's optional `tool_schemas` go to the chat template (`tools=`) with the first prompt, its optional
+`final_reward()` is added once the episode ends (however it ended), and the environments stay open in `Episodes` for
+the reward functions (`environments=`) until `Episodes.close()`; episodes that fail close them at once.
+
 Lockstep: under ZeRO-3 an engine call gathers the sharded weights (a collective), so every rank must make the same
 number of calls. `any_running(flag)` (an all-reduce across ranks) decides whether another turn happens; a rank whose
 episodes have all ended then makes a one-token dummy call.
@@ -26,8 +30,9 @@ episodes have all ended then makes a one-token dummy call.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING
 
 import torch
@@ -41,6 +46,7 @@ if TYPE_CHECKING:
     from rlhf.data import PromptSet
     from rlhf.rollout.engine import Engine
 
+log = logging.getLogger("rlhf")
 _MARKER = "\x00ACTION\x00"
 
 
@@ -90,13 +96,41 @@ class ObservationTokens:
 
 @dataclass
 class Episodes:
-    """B = prompts x G finished episodes."""
+    """B = prompts x G finished episodes, their environments still open (reward functions may read them; `close()`
+    after scoring)."""
 
     rollout: Rollout
     final_texts: list[str]  # [B] the last turn's text: what the recipe's reward functions score
-    env_rewards: Tensor  # [B] float32: the sum of the environment's rewards over the episode's turns
+    env_rewards: Tensor  # [B] float32: the environment's rewards summed over the turns, plus its final_reward()
     stats: dict[str, Tensor]  # {key: [B] float32}: `turns`, `observation_tokens` and the environments' metrics()
     engine_calls: int  # generate calls made (the same on every rank)
+    envs: list[Environment] = field(default_factory=list)  # [B] the episodes' environments
+
+    def scoring(self, reward_weight: float) -> dict:
+        """`score_rollout` keywords: the reward functions score the last turn, the environment's reward adds with
+        `reward_weight`, functions that accept `environments` get the environments (a wrapper's `unwrapped`)."""
+        environments = [getattr(e, "unwrapped", e) for e in self.envs]
+        return {
+            "completions": self.final_texts,
+            "extra": {"env": (self.env_rewards, reward_weight)},
+            "environments": environments if len(environments) == len(self.final_texts) else None,
+        }
+
+    def close(self) -> None:
+        """Close every episode's environment (`close()` where it has one), once."""
+        envs, self.envs = self.envs, []
+        close_environments(envs)
+
+
+def close_environments(envs: list[Environment]) -> None:
+    """`close()` of each environment that has one; a failure is logged and the others are still closed."""
+    for env in envs:
+        close = getattr(env, "close", None)
+        if callable(close):
+            try:
+                close()
+            except Exception as e:
+                log.warning("an environment's close() failed: %s: %s", type(e).__name__, e)
 
 
 @dataclass
@@ -143,37 +177,50 @@ def run_episodes(
     (sampled + observation). `any_running(local_flag)` returns whether any rank still has a running episode (None:
     this process alone)."""
     G = group_size
-    envs = [make_env() for _ in range(len(rows) * G)]
-    prompts = [encode_prompt(tokenizer, m) for m in first_observations(envs, rows, G)]
-    eps = [_Episode(env, prompts[i // G], [], [], []) for i, env in enumerate(envs)]
-    extra = [s for s in getattr(envs[0], "stop_strings", []) or [] if s not in sampling.stop] if envs else []
-    stop = [*sampling.stop, *extra]
-    render = ObservationTokens(tokenizer, getattr(envs[0], "observation_role", "user") if envs else "user")
-    running, calls = list(range(len(eps))), 0
-    for turn in range(max_turns):
-        if not (any_running(bool(running)) if any_running is not None else running):
-            break
-        calls += 1
-        if not running:  # lockstep: another rank still decodes, and the call may be a collective
-            dummy = [prompts[0] if prompts else [tokenizer.eos_token_id]]
-            engine.generate(dummy, 1, replace(sampling, stop=[], max_new_tokens=1))
-            continue
-        budget = {i: max_tokens - len(eps[i].ids) for i in running}
-        params = replace(sampling, stop=stop, max_new_tokens=max(1, min(sampling.max_new_tokens, max(budget.values()))))
-        if turn == 0:
-            roll = engine.generate(prompts, G, params, batch_size)
-        else:
-            roll = engine.generate([eps[i].prompt + eps[i].ids for i in running], 1, params, batch_size)
-        still = []
-        for j, i in enumerate(running):
-            if _take_turn(
-                eps[i], roll, j, budget[i], tokenizer, render, last_turn=turn == max_turns - 1, max_tokens=max_tokens
-            ):
-                still.append(i)
-        running = still
-    for i in running:  # reached max_turns while the environment wanted more
-        eps[i].truncated = True
-    return _assemble(eps, prompts, G, sampling.logprob_temperature, tokenizer, calls, make_env)
+    envs: list[Environment] = []
+    try:
+        for _ in range(len(rows) * G):
+            envs.append(make_env())
+        firsts = first_observations(envs, rows, G)
+        # an environment may hand the chat template JSON schemas of its tools (`tool_schemas`, rendered by `tools=`)
+        schemas = [getattr(envs[n * G], "tool_schemas", None) for n in range(len(firsts))]
+        prompts = [encode_prompt(tokenizer, m, s) for m, s in zip(firsts, schemas)]
+        eps = [_Episode(env, prompts[i // G], [], [], []) for i, env in enumerate(envs)]
+        extra = [s for s in getattr(envs[0], "stop_strings", []) or [] if s not in sampling.stop] if envs else []
+        stop = [*sampling.stop, *extra]
+        render = ObservationTokens(tokenizer, getattr(envs[0], "observation_role", "user") if envs else "user")
+        running, calls = list(range(len(eps))), 0
+        for turn in range(max_turns):
+            if not (any_running(bool(running)) if any_running is not None else running):
+                break
+            calls += 1
+            if not running:  # lockstep: another rank still decodes, and the call may be a collective
+                dummy = [prompts[0] if prompts else [tokenizer.eos_token_id]]
+                engine.generate(dummy, 1, replace(sampling, stop=[], max_new_tokens=1))
+                continue
+            budget = {i: max_tokens - len(eps[i].ids) for i in running}
+            new = max(1, min(sampling.max_new_tokens, max(budget.values())))
+            params = replace(sampling, stop=stop, max_new_tokens=new)
+            if turn == 0:
+                roll = engine.generate(prompts, G, params, batch_size)
+            else:
+                roll = engine.generate([eps[i].prompt + eps[i].ids for i in running], 1, params, batch_size)
+            still = []
+            for j, i in enumerate(running):
+                last = turn == max_turns - 1
+                if _take_turn(eps[i], roll, j, budget[i], tokenizer, render, last_turn=last, max_tokens=max_tokens):
+                    still.append(i)
+            running = still
+        for i in running:  # reached max_turns while the environment wanted more
+            eps[i].truncated = True
+        for e in eps:  # the finished episode's own score, however it ended (optional `final_reward`)
+            final = getattr(e.env, "final_reward", None)
+            if callable(final):
+                e.reward += float(final())
+        return _assemble(eps, prompts, G, sampling.logprob_temperature, tokenizer, calls, make_env)
+    except BaseException:
+        close_environments(envs)
+        raise
 
 
 def _take_turn(
@@ -248,6 +295,7 @@ def _assemble(
         env_rewards=torch.tensor([e.reward for e in eps], dtype=torch.float32),
         stats=_episode_stats(eps, make_env),
         engine_calls=calls,
+        envs=[e.env for e in eps],
     )
 
 
@@ -257,7 +305,9 @@ def _episode_stats(eps: list[_Episode], make_env: Callable[[], Environment]) -> 
     from a fresh environment, so every rank reports the same keys."""
     per_env = [dict(getattr(e.env, "metrics", dict)() or {}) for e in eps]
     if not eps:
-        per_env = [dict(getattr(make_env(), "metrics", dict)() or {})]
+        probe = make_env()
+        per_env = [dict(getattr(probe, "metrics", dict)() or {})]
+        close_environments([probe])
     keys = sorted({k for m in per_env for k in m})
     stats = {
         "turns": torch.tensor([float(e.turns) for e in eps]),
