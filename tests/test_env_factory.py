@@ -201,6 +201,32 @@ def test_arguments_are_converted_by_type():
             convert(value, hint, "x")
 
 
+def test_readme_class_schema_and_calls(tokenizer):
+    """The README's CalculatorEnv as the model sees it: both tools' schemas in the prompt, a call answered."""
+    multiply = {
+        "name": "multiply",
+        "description": "Multiply two numbers.",
+        "parameters": {
+            "type": "object",
+            "properties": {
+                "a": {"type": "number", "description": "The first number."},
+                "b": {"type": "number", "description": "The second number."},
+            },
+            "required": ["a", "b"],
+        },
+        "return": {"type": "number"},
+    }
+    maker = build_env(None, factory=f"{REPO}/examples/trl_calculator_env.py:CalculatorEnv", tokenizer=tokenizer)
+    script = ['<multiply>{"a": 12, "b": 3}</multiply>', "36"]
+    engine = ScriptedEngine(tokenizer, [_ids(tokenizer, s) for s in script])
+    ep = run_episodes(engine, tokenizer, maker, [_row(1)], 1, SamplingParams(max_new_tokens=32), 3, 200)
+    first = tokenizer.decode(engine.calls[0][0][0])
+    assert json.dumps(multiply) in first and json.dumps({**multiply, "name": "add"}).replace("Multiply", "Add") in first
+    assert "<|im_start|>user\n36.0<|im_end|>" in tokenizer.decode(engine.calls[1][0][0])
+    assert ep.envs[0].unwrapped.calls == 1 and ep.stats["answered"].tolist() == [1.0]
+    ep.close()
+
+
 def _readme_section() -> str:
     text = (REPO / "README.md").read_text()
     start = text.index("## Bring your own environment or agent")
