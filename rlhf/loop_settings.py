@@ -74,7 +74,7 @@ def build_collector_settings(cfg: Config, spec: Algorithm) -> CollectorSettings:
         reference=a.beta > 0,
         old_logprobs=not on_policy,
         values=spec.value_model,
-        env_reward_weight=cfg.env.reward_weight,
+        env_reward_weight=cfg.agent.reward_weight if cfg.agent.run else cfg.env.reward_weight,
     )
 
 

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import torch
 
-from rlhf.agents.runner import AgentRunner, AgentSettings, call_keywords
 from rlhf.agents.checks import check_agent_config
+from rlhf.agents.runner import AgentRunner, AgentSettings, call_keywords
 from rlhf.config_schema import ConfigError
 
 MODEL_NAME = "policy"  # the model id the endpoint serves (requests may name any model; the policy answers)

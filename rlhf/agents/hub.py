@@ -29,7 +29,6 @@ class Pending:
     chain_prompt: int  # length of the first prompt of the chain this call continues (or starts)
     messages: list[dict] | None = None  # chat calls: the normalised request messages
     prompt_text: str | None = None  # completion calls with a text prompt
-    logprobs: bool = False  # the request asked for log-probs in the reply
 
 
 @dataclass
@@ -165,9 +164,6 @@ class Hub:
                 raise RequestError(400, f"this episode used its token budget, agent.max_tokens={self.max_tokens}")
             n = min(self.max_new_tokens, room, limit or self.max_new_tokens)
             fut: Future = Future()
-            self.pending.append(
-                Pending(eid, prompt, n, tuple(s for s in stop if s), fut, chain, messages, text, bool(body.get("logprobs")))
-            )
+            self.pending.append(Pending(eid, prompt, n, tuple(s for s in stop if s), fut, chain, messages, text))
             self.cond.notify_all()
             return fut
-

@@ -206,14 +206,15 @@ class AgentRunner:
 
     def sample(self, engine, batch: list[Pending], sampling: SamplingParams, batch_size: int | None) -> None:
         """One engine call for calls sharing a stop list; each reply cut to its own max_tokens."""
-        params = replace(sampling, stop=list(batch[0].stop), max_new_tokens=max(p.max_new_tokens for p in batch))
+        stop = tuple(dict.fromkeys([*sampling.stop, *batch[0].stop]))  # the request's and the recipe's rollout.stop
+        params = replace(sampling, stop=list(stop), max_new_tokens=max(p.max_new_tokens for p in batch))
         roll = engine.generate([p.prompt_ids for p in batch], 1, params, batch_size)
         for j, p in enumerate(batch):
             m = roll.completion_mask[j].bool()
             ids, logps = roll.completion_ids[j][m].tolist(), roll.logprobs[j][m].tolist()
             cut = len(ids) > p.max_new_tokens
             ids, logps = ids[: p.max_new_tokens], logps[: p.max_new_tokens]
-            text, _ = reply_text(self.tokenizer, ids, p.stop)
+            text, _ = reply_text(self.tokenizer, ids, stop)
             finish = "length" if cut or bool(roll.truncated[j]) else "stop"
             self.hub.answer(p, Segment(p.prompt_ids, ids, logps, self.version, finish, text))
 
@@ -280,8 +281,9 @@ def assemble(traces: list[Trace], G: int, temperature: float, tokenizer, calls: 
 
 
 def episode_stats(traces: list[Trace]) -> dict[str, torch.Tensor]:
-    """{key: [B] float32}: per episode, the calls in its sequence (and 1 when two or more: a ReAct agent used a tool), the calls left untrained and re-templated, the
-    tokens the agent inserted, refused calls, and 1/0 for failed and for each failure kind."""
+    """{key: [B] float32}: per episode, the calls in its sequence (and `multi_call`, 1 when two or more: a ReAct
+    agent used a tool), the calls left untrained and re-templated, the tokens the agent inserted, refused calls, and
+    1/0 for failed and for each failure kind."""
     kind = [t.failure_kind for t in traces]
     stats = {
         "agent/calls": [t.calls for t in traces],

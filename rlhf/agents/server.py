@@ -14,6 +14,7 @@ Sampling follows the run (rollout.temperature, top_p, top_k; greedy in evaluatio
 top_p, seed, ... are ignored, since the trainer recomputes log-probs at the run's temperature. Besides OpenAI's
 fields a reply carries the token ids, as vLLM's server can: `prompt_token_ids` and `choices[0].token_ids`. A request
 without `Authorization: Bearer <token>` gets 401, one from another address 403; errors use OpenAI's error body.
+Imported only when a recipe names an agent (fastapi and uvicorn are the `agents` extra).
 """
 
 from __future__ import annotations
@@ -26,6 +27,9 @@ import threading
 import time
 import uuid
 
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse
+
 from rlhf.agents.hub import Hub
 from rlhf.agents.tokens import RequestError
 
@@ -34,16 +38,18 @@ log = logging.getLogger("rlhf")
 LOOPBACK = {"127.0.0.1", "::1"}
 
 
-def _error(status: int, message: str):
-    from fastapi.responses import JSONResponse
-
+def _error(status: int, message: str) -> JSONResponse:
     kind = "authentication_error" if status == 401 else "invalid_request_error"
     return JSONResponse({"error": {"message": message, "type": kind, "code": status}}, status_code=status)
 
 
 def _logprobs(tokenizer, seg) -> dict:
     tokens = [tokenizer.decode([t]) for t in seg.response_ids]
-    return {"content": [{"token": t, "logprob": lp, "bytes": None, "top_logprobs": []} for t, lp in zip(tokens, seg.logprobs)]}
+    return {
+        "content": [
+            {"token": t, "logprob": lp, "bytes": None, "top_logprobs": []} for t, lp in zip(tokens, seg.logprobs)
+        ]
+    }
 
 
 def reply(kind: str, model: str, seg, with_logprobs: bool, tokenizer) -> dict:
@@ -71,8 +77,6 @@ def reply(kind: str, model: str, seg, with_logprobs: bool, tokenizer) -> dict:
 
 def create_app(hub: Hub, token: str, model: str, tokenizer):
     """The FastAPI application: auth and address checks, then the three routes."""
-    from fastapi import FastAPI, Request
-
     app = FastAPI(title="rlhf policy endpoint", docs_url=None, redoc_url=None, openapi_url=None)
     expected = f"Bearer {token}".encode()
 
@@ -125,7 +129,14 @@ class Endpoint:
         sock.bind(("127.0.0.1", 0))  # a free port, chosen by the kernel and held from here on
         self.port = sock.getsockname()[1]
         app = create_app(hub, self.token, model, tokenizer)
-        config = uvicorn.Config(app, log_level="warning", access_log=False, lifespan="off", timeout_keep_alive=30)
+        config = uvicorn.Config(
+            app,
+            log_level="warning",
+            access_log=False,
+            lifespan="off",
+            timeout_keep_alive=30,
+            timeout_graceful_shutdown=2,
+        )
         self.server = uvicorn.Server(config)
         self.thread = threading.Thread(
             target=self.server.run, kwargs={"sockets": [sock]}, name="rlhf-agent-endpoint", daemon=True

@@ -37,7 +37,11 @@ def content_text(content) -> str:
     if isinstance(content, list):
         parts = []
         for part in content:
-            if not isinstance(part, dict) or part.get("type", "text") != "text" or not isinstance(part.get("text"), str):
+            if (
+                not isinstance(part, dict)
+                or part.get("type", "text") != "text"
+                or not isinstance(part.get("text"), str)
+            ):
                 raise RequestError(400, f"only text content parts are supported, got {part!r:.120}")
             parts.append(part["text"])
         return "".join(parts)
@@ -123,7 +127,9 @@ class PromptIds:
             head = next((t for t in h.texts if prompt.startswith(t)), None)
             if head is not None:
                 rest = prompt[len(head) :]
-                return h.ids + (list(self.tokenizer(rest, add_special_tokens=False)["input_ids"]) if rest else []), prompt
+                return h.ids + (
+                    list(self.tokenizer(rest, add_special_tokens=False)["input_ids"]) if rest else []
+                ), prompt
         return list(self.tokenizer(prompt, add_special_tokens=True)["input_ids"]), prompt
 
 

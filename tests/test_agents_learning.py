@@ -1,0 +1,26 @@
+"""The example agent (examples/calculator_agent.py, the official openai client) learns on the real SmolLM2: held-out
+accuracy and the share of episodes that call a tool rise over a short run of its recipe."""
+
+import json
+
+import pytest
+
+pytest.importorskip("fastapi", reason="the agent endpoint needs the `agents` extra: pip install -e '.[agents]'")
+pytest.importorskip("openai", reason="the example agent uses the openai client: pip install -e '.[agents]'")
+
+
+@pytest.mark.slow
+def test_calculator_agent_learns_tool_use_on_smollm2(tmp_path):
+    from rlhf.config import load_config
+    from rlhf.trainer import Trainer
+
+    over = [f"output_dir={tmp_path}", "train.max_steps=10", "eval.every=10", "eval.num_samples=50"]
+    over += ["logging.report_to=[]", "logging.progress_bar=false", "logging.samples_every=0"]
+    Trainer(load_config("recipes/grpo_agent_arithmetic_smollm2.yaml", over)).train()
+    rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    before, after = [r for r in rows if "eval/accuracy" in r][::1]
+    print(f"accuracy {before['eval/accuracy']:.2f} -> {after['eval/accuracy']:.2f}, tool calls "
+          f"{before['eval/agent/multi_call']:.2f} -> {after['eval/agent/multi_call']:.2f}")  # fmt: skip
+    assert after["eval/accuracy"] >= before["eval/accuracy"] + 0.15
+    assert after["eval/agent/multi_call"] >= before["eval/agent/multi_call"] + 0.15
+    assert all(r["rollout/mismatch_abs_max"] < 1e-3 for r in rows if "loss/policy" in r)
