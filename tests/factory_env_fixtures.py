@@ -99,3 +99,11 @@ class UndocumentedEnv:
 def calls_reward(completions, environments, **kwargs) -> list[float]:
     """Reads the episodes' instances: the number of tool calls each made."""
     return [float(env.calls) for env in environments]
+
+
+SEEN: list[str] = []  # the environment classes calls_or_moves received
+
+
+def calls_or_moves(completions, environments, **kwargs) -> list[float]:
+    SEEN.extend(type(env).__name__ for env in environments)
+    return [float(len(getattr(env, "moves", []))) for env in environments]

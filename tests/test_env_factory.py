@@ -60,6 +60,7 @@ def _row(i: int) -> dict:
 def _clear():
     fixtures.CLOSED.clear()
     fixtures.RESETS.clear()
+    fixtures.SEEN.clear()
 
 
 def test_tag_format_schema_in_the_prompt_typed_calls_reward_close_and_environments(tokenizer):
@@ -167,6 +168,37 @@ def test_mapping_picks_the_environment_per_row(tokenizer):
         maker.check_columns({"answer": ["1"]})
     with pytest.raises(ValueError, match="'chess', not in env.factory"):
         maker.check_columns({"environment": ["game", "chess"]})
+
+
+def test_trainer_with_a_mapping_over_a_local_file(tiny_model_dir, tmp_path):
+    """A run on a JSON-lines file whose `environment` column picks GameEnv or CodingEnv per row: trains a step, with
+    evaluation, and reward functions see the instances; a row naming no known environment stops it before the model
+    loads."""
+    from rlhf.trainer import Trainer
+
+    rows = [{"prompt": f"Task {i}.", "answer": str(i), "environment": ["game", "coding"][i % 2]} for i in range(8)]
+    data = tmp_path / "mixed.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    out = tmp_path / "run"
+    over = [
+        *tiny_run(tiny_model_dir, out),
+        f"data.path={data}",
+        "eval.num_samples=2",
+        f"env.factory={{game: '{FIX}:GameEnv', coding: '{FIX}:CodingEnv'}}",
+        "env.max_turns=2",
+        "env.max_tokens=24",
+        "train.max_steps=1",
+        "eval.every=1",
+        f"rewards=[{{fn: '{FIX}:calls_or_moves'}}]",
+    ]
+    Trainer(load_config(RECIPE, over)).train()
+    metrics = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert any("loss/policy" in r for r in metrics) and any("eval/env/turns" in r for r in metrics)
+    assert {"GameEnv", "CodingEnv"} <= set(fixtures.SEEN)  # both classes reached the reward function
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text("".join(json.dumps({**r, "environment": "chess"}) + "\n" for r in rows))
+    with pytest.raises(ValueError, match="'chess', not in env.factory"):
+        Trainer(load_config(RECIPE, [*over, f"data.path={bad}", f"output_dir={tmp_path / 'bad'}"]))
 
 
 def test_errors_at_load(tokenizer):
