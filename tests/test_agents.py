@@ -211,3 +211,19 @@ def test_agent_config_errors(tokenizer):
         build_agent_runner(load_config(RECIPE, [f"agent.run={AGENTS}:missing"]), tokenizer)
     with pytest.raises(ConfigError, match="does not take temperature"):
         build_agent_runner(load_config(RECIPE, ["agent.kwargs={temperature: 1}"]), tokenizer)
+
+
+def test_readme_agent_example_is_the_file_and_trains(tiny_model_dir, tmp_path):
+    """The README's agent is examples/minimal_agent.py, and the README's command trains it (one tiny-model step)."""
+    from rlhf.trainer import Trainer
+
+    readme = (REPO / "README.md").read_text()
+    section = readme.split("### An agent program over the OpenAI-compatible endpoint", 1)[1]
+    block = section.split("```python\n", 1)[1].split("```", 1)[0]
+    assert block == (REPO / "examples" / "minimal_agent.py").read_text()
+    assert "agent.run=examples/minimal_agent.py:run_agent" in section
+    out = tmp_path / "run"
+    over = [*tiny_run(tiny_model_dir, out), "train.max_steps=1", "agent.kwargs={}"]
+    Trainer(load_config(RECIPE, [*over, f"agent.run={REPO / 'examples' / 'minimal_agent.py'}:run_agent"])).train()
+    (row,) = [r for r in _metrics(out) if "loss/policy" in r]
+    assert row["agent/calls"] == 2.0 and row["agent/failed"] == 0.0 and row["rollout/mismatch_abs_max"] < 1e-4

@@ -3,6 +3,7 @@ the ranks' agreement that keeps their engine calls in lockstep."""
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import torch
@@ -34,6 +35,10 @@ def build_agent_runner(cfg, tokenizer, accelerator=None) -> AgentRunner:
 
     check_agent_config(cfg)
     a = cfg.agent
+    # agents' clients log every call at INFO: one line per call would flood the console
+    for name in ("httpx", "openai"):
+        if logging.getLogger(name).level == logging.NOTSET:
+            logging.getLogger(name).setLevel(logging.WARNING)
     label = f"agent.run={a.run!r}"
     agent = import_object(a.run, label, ConfigError)
     if not callable(agent) or isinstance(agent, type):
