@@ -77,3 +77,21 @@ def slow_on_rank1_agent(base_url: str, row: dict, api_key: str, model: str = "po
 
 def no_api_key_agent(base_url: str, row: dict) -> None:
     """Lacks the api_key parameter: refused when the run is built."""
+
+
+def three_call_agent(base_url: str, row: dict, api_key: str, model: str = "policy") -> float:
+    """Three chat calls, each sending the history back; a refused call (an openai.APIStatusError) ends the loop."""
+    import openai
+
+    client = _client(base_url, api_key)
+    messages = [{"role": "user", "content": row["prompt"]}]
+    for _ in range(3):
+        try:
+            reply = client.chat.completions.create(model=model, messages=messages, max_tokens=4)
+        except openai.APIStatusError:
+            break
+        messages += [
+            {"role": "assistant", "content": reply.choices[0].message.content},
+            {"role": "user", "content": "more"},
+        ]
+    return 1.0

@@ -227,3 +227,16 @@ def test_readme_agent_example_is_the_file_and_trains(tiny_model_dir, tmp_path):
     Trainer(load_config(RECIPE, [*over, f"agent.run={REPO / 'examples' / 'minimal_agent.py'}:run_agent"])).train()
     (row,) = [r for r in _metrics(out) if "loss/policy" in r]
     assert row["agent/calls"] == 2.0 and row["agent/failed"] == 0.0 and row["rollout/mismatch_abs_max"] < 1e-4
+
+
+def test_calls_past_the_limits_are_refused_and_counted(tiny):
+    _, tok, engine = tiny
+    for limits, calls in (({"max_calls": 2}, 2), ({"max_tokens": 6}, 1)):
+        run = runner(agent_fixtures.three_call_agent, tok, **limits)
+        try:
+            ep = run.run(engine, prompts(tok, 1), 2, SamplingParams(max_new_tokens=4))
+        finally:
+            run.close()
+        # max_calls: the third call gets 429; max_tokens: the first reply and the inserted turn exceed 6 tokens
+        assert [(t.calls, t.refused_calls, t.failure) for t in ep.traces] == [(calls, 1, None)] * 2, limits
+        assert ep.stats["agent/refused_calls"].tolist() == [1.0, 1.0]
