@@ -219,7 +219,7 @@ class AsyncRollouts(Rollouts):
         self.worker.peft_model, self.worker.sampler, self.worker.dynamic = twin, None, None
         self.pending: dict[int, Job] = {}  # submitted, not yet trained on, by step
         self.resumed: dict[int, tuple[int, dict[str, Tensor] | None]] = {}  # step -> (version, weights) of a checkpoint
-        self.regenerated, self.staleness_max = 0, 0
+        self.regenerated = 0
         self.jobs: queue.Queue[Job | None] = queue.Queue()
         self.done: dict[int, object] = {}
         self.cond = threading.Condition()
@@ -253,12 +253,10 @@ class AsyncRollouts(Rollouts):
         staleness = step - 1 - job.version
         if staleness > self.K:  # submit() never queues one; kept as the promise's last guard
             raise RolloutWorkerError(f"the batch of step {step} is {staleness} versions behind (max {self.K})")
-        self.staleness_max = max(self.staleness_max, staleness)
         metrics = {
             "time/rollout_wait": time.perf_counter() - t0,
             "rollout/staleness": float(staleness),
             "rollout/staleness_max": float(staleness),
-            "rollout/staleness_run_max": float(self.staleness_max),
             "rollout/regenerated": float(self.regenerated),
             "rollout/policy_version": float(job.version),
         }
