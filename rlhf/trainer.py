@@ -1,7 +1,8 @@
 """The training loop of every algorithm, read top to bottom as numbered steps.
 
 One step: (1-4) the collector (`rlhf.collector`) takes this rank's prompts, generates G episodes each through the
-rollout engine, scores them and adds the log-probs and values the step needs, in one `StepRecord`; (5) advantages by
+rollout engine, scores them and adds the log-probs and values the step needs, in one `StepRecord` (on the spot, or
+sampled ahead by a rollout worker with train.max_staleness, `rlhf.async_rollout`); (5) advantages by
 the algorithm's estimator, whose observations (KL, reward moments) the trainer then applies to the run's state;
 (6) the update: mu passes of minibatch steps (`rlhf.update`), or TRPO's natural step (`rlhf.trpo`) after fitting
 the value model; (7) log, evaluate, checkpoint. What differs between algorithms is a row of
