@@ -110,9 +110,14 @@ def test_staleness_never_exceeds_k_with_a_slow_trainer_or_a_slow_rollout(slow, t
 
 
 def test_ppo_trains_with_k1_the_values_from_the_current_critic(tiny_model_dir, tmp_path):
+    """PPO with K = 1, evaluated at steps 0, 2 and 3 through the worker's engine (with the current weights, while the
+    worker waits)."""
     out = tmp_path / "run"
-    Trainer(load_config(PPO, _over(tiny_model_dir, out, "train.max_steps=3"))).train()
-    rows = _rows(out)
+    over = _over(tiny_model_dir, out, "train.max_steps=3", "eval.every=2", "eval.num_samples=3")
+    Trainer(load_config(PPO, over)).train()
+    evals = [r for r in _rows(out) if "eval/accuracy" in r]
+    assert [r["step"] for r in evals] == [0, 2, 3]
+    rows = [r for r in _rows(out) if "rollout/staleness" in r]
     assert [r["rollout/staleness"] for r in rows] == [0.0, 1.0, 1.0]
     assert all(
         torch.isfinite(torch.tensor([r["loss/value"], r["loss/policy"], r["tis/weight_mean"]])).all() for r in rows
