@@ -223,7 +223,7 @@ def run(args: argparse.Namespace) -> dict:
             *common, args.max_new_tokens, args.batch_size, threshold, accelerator, episodes, stop=args.stop
         )
         metrics = {"pass@1": m["eval/accuracy"], "reward_mean": m["eval/reward_mean"]}
-        metrics.update({k.removeprefix("eval/"): v for k, v in m.items() if k.startswith("eval/env/")})
+        metrics.update({k.removeprefix("eval/"): v for k, v in m.items() if k.startswith(("eval/env/", "eval/agent/"))})
         metrics.update({"num_prompts": m["eval/num_samples"], "time/eval": m["time/eval"]})
         mine = range(rank, len(prompts), accelerator.num_processes)
         answers = prompts.columns.get("answer") or [None] * len(prompts)

@@ -240,3 +240,15 @@ def test_calls_past_the_limits_are_refused_and_counted(tiny):
         # max_calls: the third call gets 429; max_tokens: the first reply and the inserted turn exceed 6 tokens
         assert [(t.calls, t.refused_calls, t.failure) for t in ep.traces] == [(calls, 1, None)] * 2, limits
         assert ep.stats["agent/refused_calls"].tolist() == [1.0, 1.0]
+
+
+def test_evaluate_command_runs_the_recipes_agent(tiny_model_dir, tmp_path):
+    """`python -m rlhf.evaluate --recipe` with an agent recipe runs the agent over the endpoint on held-out rows."""
+    from rlhf.evaluate import main
+
+    out = tmp_path / "eval"
+    args = ["--recipe", str(RECIPE), "--model", tiny_model_dir, "--dtype", "float32", "--limit", "3"]
+    assert main([*args, "--output-dir", str(out)]) == 0
+    results = json.loads((out / "results.json").read_text())
+    assert results["num_prompts"] == 3 and results["metrics"]["agent/failed"] == 0.0
+    assert results["metrics"]["agent/calls"] >= 1.0
