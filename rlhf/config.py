@@ -355,6 +355,7 @@ def validate(cfg: Config) -> None:
         "widen the operand range or ask for fewer",
     )
     from rlhf.agents.checks import check_agent_config  # the agent section (rlhf/agents/)
+
     check_agent_config(cfg)
 
 
