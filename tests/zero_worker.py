@@ -26,9 +26,9 @@ REPO = Path(__file__).resolve().parents[1]
 RECIPE = Path(os.environ.get("ZERO_WORKER_RECIPE", REPO / "recipes" / "grpo_arithmetic_smollm2.yaml"))
 
 
-def fixed_rollout(self, prompt_idx: list[int]):
+def fixed_rollout(self, prompt_idx: list[int], generator=None):
     """Stands in for Collector.rollout: G completions per prompt drawn from a generator seeded by the prompt's index,
-    with lengths 1..max_new_tokens, so the sequences depend on nothing but the prompt."""
+    with lengths 1..max_new_tokens, so the sequences depend on nothing but the prompt (`generator` is not used)."""
     from rlhf.data import left_pad
     from rlhf.rollout import Rollout
 
