@@ -17,15 +17,15 @@ def test_chunked_equals_plain_and_gradients_match(temperature):
     g1 = torch.autograd.grad((chunked * upstream).sum(), (hidden, weight), retain_graph=True)
     g2 = torch.autograd.grad((plain * upstream).sum(), (hidden, weight), retain_graph=True)
     for a, b in zip(g1, g2):
-        torch.testing.assert_close(a, b)
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
     logp = (hidden @ weight.T / temperature).log_softmax(-1)
     plain_entropy = -(logp.exp() * logp).sum(-1)
     torch.testing.assert_close(entropy, plain_entropy)
     # the entropy is differentiable too (an entropy bonus), together with the log-probs
     g3 = torch.autograd.grad((entropy * upstream).sum() + chunked.sum(), (hidden, weight))
     g4 = torch.autograd.grad((plain_entropy * upstream).sum() + plain.sum(), (hidden, weight))
-    for a, b in zip(g3, g4):
-        torch.testing.assert_close(a, b)
+    for a, b in zip(g3, g4):  # float32 sums over the vocabulary: AVX2 kernels order them differently (1.3e-5 seen)
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
 
 
 def test_bfloat16_hidden_gets_a_bfloat16_gradient_close_to_float32():

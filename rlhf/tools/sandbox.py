@@ -89,9 +89,10 @@ def bwrap_prefix(bwrap: str, tmpfs_bytes: int = 256 * 2**20) -> tuple[str, ...]:
     for extra in ("/etc/ld.so.cache", "/etc/localtime"):
         if os.path.exists(extra):
             args += ["--ro-bind", extra, extra]
+    # the work folder first: a runtime that lives under it (a virtual environment under /tmp) is bound on top
+    args += ["--proc", "/proc", "--dev", "/dev", "--size", str(tmpfs_bytes), "--tmpfs", SANDBOX_WORK]
     for path in runtime_paths():
         args += ["--ro-bind", path, path]
-    args += ["--proc", "/proc", "--dev", "/dev", "--size", str(tmpfs_bytes), "--tmpfs", SANDBOX_WORK]
     args += ["--chdir", SANDBOX_WORK]
     return tuple(args)
 
