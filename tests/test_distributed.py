@@ -13,6 +13,8 @@ from safetensors.torch import load_file
 from rlhf.policy import RUN_OVERHEAD_TOKENS
 from tests.conftest import launch, tiny_run
 
+pytestmark = pytest.mark.slow  # 2-process accelerate launches
+
 REPO = Path(__file__).resolve().parents[1]
 FIXTURES = REPO / "tests" / "reward_fixtures.py"
 WORKER = REPO / "tests" / "zero_worker.py"

@@ -11,6 +11,8 @@ from safetensors.torch import load_file
 
 from tests.conftest import launch, tiny_run
 
+pytestmark = pytest.mark.slow  # 2-process accelerate launches
+
 REPO = Path(__file__).resolve().parents[1]
 
 

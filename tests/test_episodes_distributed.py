@@ -9,6 +9,8 @@ import pytest
 
 from tests.conftest import launch, tiny_run
 
+pytestmark = pytest.mark.slow  # 2-process accelerate launches
+
 REPO = Path(__file__).resolve().parents[1]
 ENVS = REPO / "tests" / "env_fixtures.py"
 

@@ -78,6 +78,7 @@ def test_sigterm_during_the_first_evaluation_leaves_a_resumable_run(tiny_model_d
     assert [r["step"] for r in _rows(out) if "loss/policy" in r] == [1, 2]
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(ACCELERATE is None, reason="accelerate launcher not installed")
 def test_sigterm_to_the_launcher_every_rank_agrees_and_saves(tiny_model_dir, tmp_path):
     """The signal reaches the launcher, which passes it to both ranks: they agree at the next stage boundary, save one

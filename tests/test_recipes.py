@@ -11,6 +11,8 @@ from safetensors.torch import load_file
 from rlhf.config import load_config
 from rlhf.trainer import Trainer
 
+pytestmark = pytest.mark.slow  # every shipped recipe trained 2 steps on the tiny model
+
 REPO = Path(__file__).resolve().parents[1]
 RECIPES = sorted((REPO / "recipes").glob("*.yaml"))
 FIXTURES = REPO / "tests" / "reward_fixtures.py"

@@ -101,6 +101,7 @@ def test_ppo_resumed_run_equals_uninterrupted_run(tiny_model_dir, tmp_path):
     assert "value/mean" in _metrics(part)[-1]
 
 
+@pytest.mark.slow
 def test_ppo_zero2_two_process_resume_equals_uninterrupted_run(tiny_model_dir, tmp_path):
     full, part = tmp_path / "full", tmp_path / "part"
     _launch_zero2(tiny_model_dir, full, "train.max_steps=4", *PPO_STATE, recipe=PPO)
@@ -115,6 +116,7 @@ def _launch_zero2(tiny: str, out: Path, *extra: str, recipe: Path = RECIPE) -> s
     return proc.stderr
 
 
+@pytest.mark.slow
 def test_zero2_two_process_resume_equals_uninterrupted_run_and_falls_back(tiny_model_dir, tmp_path):
     """DeepSpeed ZeRO-2 on 2 processes: optimizer state sharded over the ranks, saved by the engine, one shard each."""
     full, part = tmp_path / "full", tmp_path / "part"

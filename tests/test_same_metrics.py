@@ -27,6 +27,8 @@ from conftest import ACCELERATE, launch, tiny_recipe_overrides
 
 from rlhf.config import load_config
 
+pytestmark = pytest.mark.slow  # every recipe and branch trained 3 steps (~2 min)
+
 REPO = Path(__file__).resolve().parents[1]
 GOLDEN_DIR = REPO / "tests" / "golden"
 RECORD = os.environ.get("RLHF_RECORD_GOLDEN") == "1"
