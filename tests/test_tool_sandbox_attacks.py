@@ -290,12 +290,18 @@ def test_keyboard_interrupt_is_the_calls_failure_unless_the_trainer_was_signalle
         time.sleep(1)
         return "not reached"
 
-    for fn in (interrupts, exits):
-        observation = run_tool_call(ToolCall("t", "", (0, 0)), {"t": fn})
-        assert observation.startswith("error: t was interrupted"), observation
-    with pytest.raises(KeyboardInterrupt):
-        run_tool_call(ToolCall("t", "", (0, 0)), {"t": signalled})
-    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # the handler is put back
+    # Python's own SIGINT handler, as a trainer started from a shell has it (an earlier test in the same process may
+    # have left another one installed)
+    before = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        for fn in (interrupts, exits):
+            observation = run_tool_call(ToolCall("t", "", (0, 0)), {"t": fn})
+            assert observation.startswith("error: t was interrupted"), observation
+        with pytest.raises(KeyboardInterrupt):
+            run_tool_call(ToolCall("t", "", (0, 0)), {"t": signalled})
+        assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # the handler is put back
+    finally:
+        signal.signal(signal.SIGINT, before)
 
 
 SIGTERM_SCRIPT = """
