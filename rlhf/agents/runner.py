@@ -43,9 +43,8 @@ import torch
 from rlhf.agents.hub import Hub, Pending
 from rlhf.agents.tokens import reply_text
 from rlhf.agents.traces import Segment, Trace, episode_trace
-from rlhf.data import left_pad
-from rlhf.rollout.episodes import Episodes
-from rlhf.rollout.types import Rollout, SamplingParams
+from rlhf.rollout.episodes import Episodes, episode_rollout
+from rlhf.rollout.types import SamplingParams
 
 log = logging.getLogger("rlhf")
 
@@ -243,33 +242,10 @@ class AgentRunner:
 def assemble(traces: list[Trace], G: int, temperature: float, tokenizer, calls: int) -> AgentEpisodes:
     """Traces -> AgentEpisodes: a Rollout of B = len(traces) rows (a prompt's G consecutive), the texts the reward
     functions score, the agents' rewards and the per-episode `agent/*` numbers."""
-    pad = tokenizer.pad_token_id
-    B, C = len(traces), max([len(t.response_ids) for t in traces] + [1])
-    if traces:
-        prompt_ids, prompt_mask = left_pad([t.prompt_ids for t in traces], pad)
-    else:  # an empty evaluation shard, which still took part in the rounds
-        prompt_ids, prompt_mask = torch.zeros(0, 1, dtype=torch.long), torch.zeros(0, 1, dtype=torch.long)
-    ids = torch.full((B, C), pad, dtype=torch.long)
-    mask, action = torch.zeros(B, C, dtype=torch.long), torch.zeros(B, C, dtype=torch.long)
-    logprobs = torch.zeros(B, C, dtype=torch.float32)
-    for b, t in enumerate(traces):
-        n = len(t.response_ids)
-        ids[b, :n] = torch.tensor(t.response_ids, dtype=torch.long)
-        mask[b, :n] = 1
-        action[b, :n] = torch.tensor(t.loss_mask, dtype=torch.long)
-        logprobs[b, :n] = torch.tensor(t.response_logprobs, dtype=torch.float32) * action[b, :n]
-    roll = Rollout(
-        prompt_ids=prompt_ids,
-        prompt_mask=prompt_mask,
-        completion_ids=ids,
-        completion_mask=mask,
-        logprobs=logprobs,
-        truncated=torch.tensor([t.truncated for t in traces], dtype=torch.bool),
-        texts=tokenizer.batch_decode([t.response_ids for t in traces], skip_special_tokens=False),
-        group_size=G,
-        temperature=temperature,
-        action_mask=action,
-    )
+    roll = episode_rollout(
+        [t.prompt_ids for t in traces], [t.response_ids for t in traces], [t.loss_mask for t in traces],
+        [t.response_logprobs for t in traces], [t.truncated for t in traces], G, temperature, tokenizer,
+    )  # fmt: skip
     return AgentEpisodes(
         rollout=roll,
         final_texts=[t.final_text for t in traces],

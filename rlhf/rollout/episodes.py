@@ -258,37 +258,49 @@ def _take_turn(
     return True
 
 
+def episode_rollout(
+    prompts: list[list[int]], ids: list[list[int]], action: list[list[int]], logprobs: list[list[float]],
+    truncated: list[bool], group_size: int, temperature: float, tokenizer,
+) -> Rollout:  # fmt: skip
+    """B episodes as one Rollout: `prompts` [B] prompt ids (left-padded), `ids` [B] episode ids (right-padded to the
+    longest), `action` [B] 1 on sampled ids, `logprobs` [B] the sampler's (kept only on sampled ids). An empty list
+    gives a 0-row Rollout (an evaluation shard with nothing to do still takes part in the rounds)."""
+    pad = tokenizer.pad_token_id
+    B, C = len(ids), max([len(x) for x in ids] + [1])
+    if ids:
+        prompt_ids, prompt_mask = left_pad(prompts, pad)
+    else:
+        prompt_ids, prompt_mask = torch.zeros(0, 1, dtype=torch.long), torch.zeros(0, 1, dtype=torch.long)
+    out_ids = torch.full((B, C), pad, dtype=torch.long)
+    mask, act = torch.zeros(B, C, dtype=torch.long), torch.zeros(B, C, dtype=torch.long)
+    out_logprobs = torch.zeros(B, C, dtype=torch.float32)
+    for b, x in enumerate(ids):
+        n = len(x)
+        out_ids[b, :n] = torch.tensor(x, dtype=torch.long)
+        mask[b, :n] = 1
+        act[b, :n] = torch.tensor(action[b], dtype=torch.long)
+        out_logprobs[b, :n] = torch.tensor(logprobs[b], dtype=torch.float32) * act[b, :n]
+    return Rollout(
+        prompt_ids=prompt_ids,
+        prompt_mask=prompt_mask,
+        completion_ids=out_ids,
+        completion_mask=mask,
+        logprobs=out_logprobs,
+        truncated=torch.tensor(truncated, dtype=torch.bool),
+        texts=tokenizer.batch_decode(ids, skip_special_tokens=False),  # multi-turn: the turns stay visible
+        group_size=group_size,
+        temperature=temperature,
+        action_mask=act,
+    )
+
+
 def _assemble(
     eps: list[_Episode], prompts: list[list[int]], G: int, temperature: float, tokenizer, calls: int, make_env
 ) -> Episodes:
-    pad = tokenizer.pad_token_id
-    B = len(eps)
-    C = max([len(e.ids) for e in eps] + [1])
-    if eps:
-        prompt_ids, prompt_mask = left_pad([p for p in prompts for _ in range(G)], pad)
-    else:  # an empty evaluation shard, which still took part in the turns
-        prompt_ids, prompt_mask = torch.zeros(0, 1, dtype=torch.long), torch.zeros(0, 1, dtype=torch.long)
-    ids = torch.full((B, C), pad, dtype=torch.long)
-    mask, action = torch.zeros(B, C, dtype=torch.long), torch.zeros(B, C, dtype=torch.long)
-    logprobs = torch.zeros(B, C, dtype=torch.float32)
-    for b, e in enumerate(eps):
-        n = len(e.ids)
-        ids[b, :n] = torch.tensor(e.ids, dtype=torch.long)
-        mask[b, :n] = 1
-        action[b, :n] = torch.tensor(e.action, dtype=torch.long)
-        logprobs[b, :n] = torch.tensor(e.logprobs, dtype=torch.float32)
-    roll = Rollout(
-        prompt_ids=prompt_ids,
-        prompt_mask=prompt_mask,
-        completion_ids=ids,
-        completion_mask=mask,
-        logprobs=logprobs,
-        truncated=torch.tensor([e.truncated for e in eps], dtype=torch.bool),
-        texts=tokenizer.batch_decode([e.ids for e in eps], skip_special_tokens=False),  # the turns stay visible
-        group_size=G,
-        temperature=temperature,
-        action_mask=action,
-    )
+    roll = episode_rollout(
+        [p for p in prompts for _ in range(G)], [e.ids for e in eps], [e.action for e in eps],
+        [e.logprobs for e in eps], [e.truncated for e in eps], G, temperature, tokenizer,
+    )  # fmt: skip
     return Episodes(
         rollout=roll,
         final_texts=[e.last_text for e in eps],
